@@ -1,0 +1,338 @@
+//! RabbitMQ plumbing every worker shares: named connections, a confirming
+//! publisher, and headers helpers.
+//!
+//! Invariants:
+//! - every publish waits for the broker's confirm (`confirm_select` is done
+//!   when a channel is created, never forgotten), and a returned (unroutable)
+//!   message is an error, not a success;
+//! - no channel outlives its connection: the publisher re-creates its channel
+//!   from the pool after any failure instead of holding a dead one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_lapin::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use deadpool_lapin::lapin::Confirmation;
+use deadpool_lapin::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use deadpool_lapin::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use deadpool_lapin::{Pool, Runtime};
+use tokio::sync::Mutex;
+
+/// Who is talking to the broker: shows in the management UI as the
+/// connection name and in every consumer tag.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Worker kind: `dispatcher`, `partition`, `retry`, `ingest`, `sweeper`, `cli`.
+    pub worker: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+impl Identity {
+    pub fn new(worker: &str) -> Self {
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown-host".into());
+        Self {
+            worker: worker.into(),
+            host,
+            pid: std::process::id(),
+        }
+    }
+
+    /// `fleet-dispatcher@host (pid 42)`.
+    pub fn connection_name(&self, role: &str) -> String {
+        format!("fleet-{}@{} ({role}, pid {})", self.worker, self.host, self.pid)
+    }
+
+    /// `fleet-dispatcher@host:42:invalidation.requests.fast`; unique per process and queue.
+    pub fn consumer_tag(&self, queue: &str) -> String {
+        format!("fleet-{}@{}:{}:{}", self.worker, self.host, self.pid, queue)
+    }
+
+    /// `dispatcher@host`, as written in error headers.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.worker, self.host)
+    }
+}
+
+/// Hides the password of a URL for messages.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn properties(identity: &Identity, role: &str) -> ConnectionProperties {
+    ConnectionProperties::default()
+        .with_connection_name(identity.connection_name(role).into())
+        .with_client_property("product".into(), "fleet".into())
+}
+
+/// Opens a named connection; the error says which service is missing and how to start it.
+pub async fn connect(url: &str, identity: &Identity, role: &str) -> anyhow::Result<Connection> {
+    Connection::connect(url, properties(identity, role))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to RabbitMQ at {}: {e}. Is it running? Start it with \
+                 `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
+                redact(url)
+            )
+        })
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable: {0}")]
+    Broker(String),
+    #[error("broker refused the message (nack) for {exchange}/{routing_key}")]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
+    #[error("no queue is bound to exchange {exchange:?} with routing key {routing_key:?}")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+    /// Fail when no queue receives the message (instead of dropping it).
+    pub mandatory: bool,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A persistent JSON message, mandatory routing.
+    pub fn json(exchange: &'a str, routing_key: &'a str, body: &'a [u8]) -> Self {
+        Self {
+            exchange,
+            routing_key,
+            body,
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2),
+            mandatory: true,
+        }
+    }
+}
+
+/// Publishes with confirms over a pooled connection. Cheap to clone; many
+/// tasks may publish at once (confirms are pipelined on one channel).
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<PublisherInner>,
+}
+
+struct PublisherInner {
+    pool: Pool,
+    url: String,
+    channel: Mutex<Option<Channel>>,
+    confirm_timeout: Duration,
+}
+
+impl Publisher {
+    /// Creates the pool and checks the broker answers.
+    pub async fn connect(url: &str, identity: &Identity, confirm_timeout: Duration) -> anyhow::Result<Self> {
+        let identity_clone = identity.clone();
+        let cfg = deadpool_lapin::Config {
+            url: Some(url.to_string()),
+            pool: Some(deadpool_lapin::PoolConfig::new(2)),
+        };
+        let pool = cfg.create_pool(move || properties(&identity_clone, "publisher"), Runtime::Tokio1)?;
+        let publisher = Self {
+            inner: Arc::new(PublisherInner {
+                pool,
+                url: url.to_string(),
+                channel: Mutex::new(None),
+                confirm_timeout,
+            }),
+        };
+        publisher.channel().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to RabbitMQ at {}: {e}. Is it running? Start it with \
+                 `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
+                redact(url)
+            )
+        })?;
+        Ok(publisher)
+    }
+
+    /// The current confirm-mode channel, re-created when it died.
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut slot = self.inner.channel.lock().await;
+        if let Some(ch) = slot.as_ref() {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        *slot = None;
+        let conn = self
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| PublishError::Broker(format!("{}: {e}", redact(&self.inner.url))))?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| PublishError::Broker(e.to_string()))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| PublishError::Broker(e.to_string()))?;
+        *slot = Some(ch.clone());
+        Ok(ch)
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        let ch = self.channel().await?;
+        let confirm = ch
+            .basic_publish(
+                msg.exchange.into(),
+                msg.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: msg.mandatory,
+                    ..Default::default()
+                },
+                msg.body,
+                msg.properties,
+            )
+            .await
+            .map_err(|e| PublishError::Broker(e.to_string()))?;
+        let confirmation = tokio::time::timeout(self.inner.confirm_timeout, confirm)
+            .await
+            .map_err(|_| PublishError::Timeout(self.inner.confirm_timeout))?
+            .map_err(|e| PublishError::Broker(e.to_string()))?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable {
+                exchange: msg.exchange.into(),
+                routing_key: msg.routing_key.into(),
+            }),
+            Confirmation::Nack(_) => Err(PublishError::Nacked {
+                exchange: msg.exchange.into(),
+                routing_key: msg.routing_key.into(),
+            }),
+            // `confirm_select` is always done in `channel()`, so this would be a bug.
+            Confirmation::NotRequested => Err(PublishError::Broker(
+                "publisher confirms were not enabled on the channel".into(),
+            )),
+        }
+    }
+
+    /// A fresh connection from the pool, for topology declares.
+    pub async fn connection(&self) -> anyhow::Result<deadpool_lapin::Connection> {
+        Ok(self.inner.pool.get().await?)
+    }
+}
+
+/// Header names the fleet writes. Readers accept their absence.
+pub mod headers {
+    pub const ERROR_CLASS: &str = "x-error-class";
+    pub const ERROR_MESSAGE: &str = "x-error-message";
+    pub const ERROR_WORKER: &str = "x-error-worker";
+    pub const ERROR_TIME: &str = "x-error-time";
+    pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+    pub const ORIGINAL_QUEUE: &str = "x-original-queue";
+    pub const ATTEMPTS: &str = "x-retry-attempts";
+    pub const FIRST_FAILURE: &str = "x-first-failure-time";
+    pub const PARK_REASON: &str = "x-park-reason";
+    pub const REPLAYED_AT: &str = "x-replayed-at";
+    pub const REPLAY_COUNT: &str = "x-replay-count";
+}
+
+/// A header value as text: strings arrive as bytes, numbers as numbers.
+pub fn header_text(table: Option<&FieldTable>, key: &str) -> Option<String> {
+    let v = table?.inner().get(key)?;
+    value_text(v)
+}
+
+pub fn value_text(v: &AMQPValue) -> Option<String> {
+    Some(match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_string(),
+        AMQPValue::LongLongInt(i) => i.to_string(),
+        AMQPValue::LongInt(i) => i.to_string(),
+        AMQPValue::LongUInt(i) => i.to_string(),
+        AMQPValue::ShortInt(i) => i.to_string(),
+        AMQPValue::ShortUInt(i) => i.to_string(),
+        AMQPValue::ShortShortInt(i) => i.to_string(),
+        AMQPValue::ShortShortUInt(i) => i.to_string(),
+        AMQPValue::Timestamp(t) => t.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::Double(d) => d.to_string(),
+        AMQPValue::Float(f) => f.to_string(),
+        _ => return None,
+    })
+}
+
+pub fn header_i64(table: Option<&FieldTable>, key: &str) -> Option<i64> {
+    header_text(table, key)?.parse().ok()
+}
+
+/// Every header as `name → text` (nested tables and arrays as JSON-ish text).
+pub fn headers_map(table: Option<&FieldTable>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(t) = table {
+        for (k, v) in t.inner() {
+            let text = value_text(v).unwrap_or_else(|| format!("{v:?}"));
+            out.insert(k.as_str().to_string(), text);
+        }
+    }
+    out
+}
+
+/// Builds a header table from a copy of `base` plus `set`.
+pub fn with_headers(base: Option<&FieldTable>, set: &[(&str, HeaderValue)]) -> FieldTable {
+    let mut map: BTreeMap<ShortString, AMQPValue> = base.map(|t| t.inner().clone()).unwrap_or_default();
+    for (k, v) in set {
+        let value = match v {
+            HeaderValue::Text(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
+            HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
+        };
+        map.insert((*k).into(), value);
+    }
+    FieldTable::from(map)
+}
+
+/// A header to set.
+#[derive(Debug, Clone)]
+pub enum HeaderValue {
+    Text(String),
+    Int(i64),
+}
+
+impl From<&str> for HeaderValue {
+    fn from(s: &str) -> Self {
+        HeaderValue::Text(s.into())
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(s: String) -> Self {
+        HeaderValue::Text(s)
+    }
+}
+
+impl From<i64> for HeaderValue {
+    fn from(i: i64) -> Self {
+        HeaderValue::Int(i)
+    }
+}

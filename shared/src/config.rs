@@ -1,0 +1,701 @@
+//! Configuration as data.
+//!
+//! Layers, later ones winning: built-in defaults, an optional TOML file
+//! (`--config`), the well-known connection variables (`AMQP_URL`,
+//! `RABBITMQ_MANAGEMENT_URL`, `DATABASE_URL`, `REDIS_URL`, `SEARCH_URL`), then
+//! one `FLEET_<SECTION>_<KEY>` variable per key (for example
+//! `FLEET_RETRY_DELAY=2s`). Every layer is merged as JSON and decoded once with
+//! `deny_unknown_fields`, so a typo or a bad value is refused at start-up with
+//! the key's full name instead of being silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::message::{IndexKey, InvalidationType};
+
+/// A refused configuration: always names the key and what was wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("unknown configuration variable {var}{hint}")]
+    UnknownVariable { var: String, hint: String },
+    #[error("configuration key `{key}` (from {source_name}) has a bad value {value:?}: {message}")]
+    BadValue {
+        key: String,
+        source_name: String,
+        value: String,
+        message: String,
+    },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The whole configuration of a worker or CLI invocation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// RabbitMQ connection and consumer settings.
+    pub amqp: AmqpConfig,
+    /// PostgreSQL: jobs, partition tasks, parked messages, replay records.
+    pub database: DatabaseConfig,
+    /// Redis: request-id idempotency keys and the sweeper lock.
+    pub redis: RedisConfig,
+    /// The search cluster that resolves parameter ids to content ids.
+    pub search: SearchConfig,
+    /// The transient-failure path: delay queue TTL and the retry window.
+    pub retry: RetryConfig,
+    /// Validation, splitting and batching of invalidation requests.
+    pub dispatcher: DispatcherConfig,
+    /// Partition task execution.
+    pub partition: PartitionConfig,
+    /// Recovery of stalled jobs.
+    pub sweeper: SweeperConfig,
+    /// Source-event handlers.
+    pub ingest: IngestConfig,
+    /// Process-level settings shared by every worker.
+    pub worker: WorkerConfig,
+    /// Where the topology comes from and how its queues are declared.
+    pub topology: TopologyConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// AMQP URL; its vhost is the one every worker uses (`AMQP_URL`).
+    pub url: String,
+    /// RabbitMQ management API base URL with credentials (`RABBITMQ_MANAGEMENT_URL`);
+    /// used by `topology plan`, `status` and `dlq list`.
+    pub management_url: String,
+    /// Unacknowledged deliveries per consumer; also the number of messages a
+    /// worker processes at once.
+    pub prefetch: u16,
+    /// Longest wait between two reconnection attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
+    /// How long to wait for a publisher confirm before treating the publish as failed.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            management_url: "http://guest:guest@127.0.0.1:15672".into(),
+            prefetch: 64,
+            reconnect_max_backoff: Duration::from_secs(30),
+            confirm_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL (`DATABASE_URL`).
+    pub url: String,
+    /// Pool size per process.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/test".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Redis URL (`REDIS_URL`).
+    pub url: String,
+    /// Prefix of every key the fleet writes, so several fleets (or tests) can share a server.
+    pub key_prefix: String,
+    /// How long a processed request id is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            key_prefix: "fleet".into(),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Which point-in-time API the search server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchFlavor {
+    /// Elasticsearch 8: `POST /<index>/_pit`, closed with `DELETE /_pit`.
+    Elasticsearch,
+    /// OpenSearch (and osmem-server): `POST /<index>/_search/point_in_time`.
+    Opensearch,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// Search cluster URL (`SEARCH_URL`).
+    pub url: String,
+    /// Point-in-time dialect of the server.
+    pub flavor: SearchFlavor,
+    /// Page through a point in time (consistent view) where the server offers one.
+    pub point_in_time: bool,
+    /// Keep-alive of a point in time between two pages.
+    #[serde(with = "humantime_serde")]
+    pub pit_keep_alive: Duration,
+    /// Per-request timeout; a timeout is a transient failure.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Hits per `search_after` page.
+    pub page_size: usize,
+    /// Index key → index name; index keys not listed use `default_index`.
+    pub indices: BTreeMap<String, String>,
+    /// Index for every index key not listed in `indices` (the international index).
+    pub default_index: String,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:9200".into(),
+            flavor: SearchFlavor::Opensearch,
+            point_in_time: true,
+            pit_keep_alive: Duration::from_secs(120),
+            timeout: Duration::from_secs(30),
+            page_size: 5000,
+            indices: BTreeMap::from([("trTR".to_string(), "content_tr".to_string())]),
+            default_index: "content_intl".into(),
+        }
+    }
+}
+
+impl SearchConfig {
+    /// The index that holds the documents of `key`.
+    pub fn index_for(&self, key: IndexKey) -> &str {
+        self.indices
+            .get(key.as_str())
+            .map(String::as_str)
+            .unwrap_or(&self.default_index)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// TTL of the retry delay queue: how long a failed message waits before it is tried again.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// A message whose `invalidationTime` is older than this is parked instead of retried.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Optional cap on attempts; a message that failed this many times is parked early.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_secs(600),
+            window: Duration::from_secs(7200),
+            max_attempts: None,
+        }
+    }
+}
+
+/// How a `parameterName` may be queried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRule {
+    /// The field lives inside a nested object and needs a `nested` query.
+    #[serde(default)]
+    pub nested: bool,
+    /// The nested path (required when `nested`).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// A query counting more hits than this is split by `searchPartition` into partition tasks.
+    pub split_limit: u64,
+    /// Most `parameterIds` one request may carry.
+    pub max_ids: usize,
+    /// Most content ids per outbound message.
+    pub batch_size: usize,
+    /// Longest time a partial outbound batch waits for more ids from other requests.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// The fields a request may name as `parameterName` (the allow-list).
+    pub fields: BTreeMap<String, FieldRule>,
+    /// Invalidation types served by the fast lane; documentation for `publish`
+    /// and `status` (the routing itself is bindings in the topology file).
+    pub fast_types: Vec<InvalidationType>,
+    /// Index keys accepted in requests, and the default when a source event names none.
+    pub index_keys: Vec<IndexKey>,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        let plain = FieldRule {
+            nested: false,
+            path: None,
+        };
+        let listings = FieldRule {
+            nested: true,
+            path: Some("listings".into()),
+        };
+        Self {
+            split_limit: 10_000,
+            max_ids: 10_000,
+            batch_size: 1000,
+            flush_interval: Duration::from_millis(20),
+            fields: BTreeMap::from([
+                ("id".into(), plain.clone()),
+                ("brand.id".into(), plain.clone()),
+                ("category.id".into(), plain.clone()),
+                ("supplier.id".into(), plain),
+                ("listings.id".into(), listings.clone()),
+                ("listings.merchantId".into(), listings),
+            ]),
+            fast_types: InvalidationType::DEFAULT_FAST.to_vec(),
+            index_keys: IndexKey::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartitionConfig {
+    /// Outbound batches a partition worker may have awaiting confirms at once;
+    /// bounds memory while streaming (it never collects a whole result).
+    pub max_in_flight_batches: usize,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_batches: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweeperConfig {
+    /// A task not done and untouched for this long is re-published.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+    /// Pause between two sweeps.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Expiry of the Redis lock that keeps a single sweeper active.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        Self {
+            stall_after: Duration::from_secs(300),
+            interval: Duration::from_secs(30),
+            lock_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// A stock update invalidates only when the new quantity is at or below this.
+    pub critical_stock: i64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { critical_stock: 3 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Upper bound on a graceful shutdown: in-flight messages not finished by
+    /// then are returned to the broker unacknowledged.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Address of the `/metrics` and `/healthz` listener; empty disables it.
+    pub metrics_listen: String,
+    /// Apply the topology at start-up (idempotent declares).
+    pub apply_topology: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(20),
+            metrics_listen: "127.0.0.1:9464".into(),
+            apply_topology: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopologyConfig {
+    /// Topology file; the one shipped in `topology/fleet.toml` (built in) when absent.
+    pub file: Option<PathBuf>,
+    /// Overrides the file's default queue type (`classic` or `quorum`).
+    pub queue_type: Option<String>,
+}
+
+/// The variables that carry connection URLs, mapped to their keys.
+pub const URL_VARIABLES: &[(&str, &str, &str)] = &[
+    ("AMQP_URL", "amqp", "url"),
+    ("RABBITMQ_MANAGEMENT_URL", "amqp", "management_url"),
+    ("DATABASE_URL", "database", "url"),
+    ("REDIS_URL", "redis", "url"),
+    ("SEARCH_URL", "search", "url"),
+];
+
+impl Config {
+    /// Loads the configuration from the process environment and an optional file.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Loads the configuration from an explicit set of variables (tests use this).
+    pub fn load_from(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        // `unwrap`: serialising plain structs to JSON cannot fail.
+        let mut merged = serde_json::to_value(Config::default()).unwrap();
+        let mut sources: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Toml {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            let value = serde_json::to_value(table).map_err(|e| ConfigError::Toml {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            merge(&mut merged, value);
+        }
+        let mut vars: Vec<(String, String)> = vars.into_iter().collect();
+        vars.sort();
+        for (var, section, key) in URL_VARIABLES {
+            if let Some((_, v)) = vars.iter().find(|(name, _)| name == var) {
+                merged[*section][*key] = Value::String(v.clone());
+                sources.insert(format!("{section}.{key}"), var.to_string());
+            }
+        }
+        for (var, raw) in &vars {
+            let Some(rest) = var.strip_prefix("FLEET_") else {
+                continue;
+            };
+            // Variables the scripts and CLI use for themselves, not config keys.
+            if matches!(rest, "CONFIG" | "LOG" | "LOG_FORMAT") {
+                continue;
+            }
+            let (section, key) = locate(&merged, var, rest)?;
+            let current = &merged[&section][&key];
+            let value = parse_env_value(current, raw).map_err(|message| ConfigError::BadValue {
+                key: format!("{section}.{key}"),
+                source_name: var.clone(),
+                value: raw.clone(),
+                message,
+            })?;
+            merged[&section][&key] = value;
+            sources.insert(format!("{section}.{key}"), var.clone());
+        }
+        let config: Config = serde_path_to_error::deserialize(merged.clone()).map_err(|e| {
+            let key = e.path().to_string();
+            let value = lookup(&merged, &key)
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default();
+            let source_name = sources
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| match file {
+                    Some(p) => p.display().to_string(),
+                    None => "defaults".into(),
+                });
+            ConfigError::BadValue {
+                key,
+                source_name,
+                value,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.dispatcher.batch_size == 0 {
+            return invalid("dispatcher.batch_size", "must be at least 1");
+        }
+        if self.dispatcher.split_limit == 0 {
+            return invalid("dispatcher.split_limit", "must be at least 1");
+        }
+        if self.search.page_size == 0 {
+            return invalid("search.page_size", "must be at least 1");
+        }
+        if self.amqp.prefetch == 0 {
+            return invalid("amqp.prefetch", "must be at least 1");
+        }
+        if self.retry.delay.is_zero() {
+            return invalid("retry.delay", "must be longer than zero");
+        }
+        for (name, rule) in &self.dispatcher.fields {
+            if rule.nested && rule.path.is_none() {
+                return invalid(
+                    &format!("dispatcher.fields.\"{name}\".path"),
+                    "a nested field needs its nested path",
+                );
+            }
+        }
+        if let Some(t) = &self.topology.queue_type {
+            if t != "classic" && t != "quorum" {
+                return invalid("topology.queue_type", "must be `classic` or `quorum`");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key with its current value, for `fleet config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// Finds the section and key of a `FLEET_<SECTION>_<KEY>` variable.
+fn locate(merged: &Value, var: &str, rest: &str) -> Result<(String, String), ConfigError> {
+    let lower = rest.to_ascii_lowercase();
+    let sections = merged.as_object().into_iter().flat_map(|m| m.keys());
+    let mut candidates = Vec::new();
+    for section in sections {
+        let Some(key) = lower.strip_prefix(&format!("{section}_")) else {
+            continue;
+        };
+        if merged[section].get(key).is_some() {
+            return Ok((section.clone(), key.to_string()));
+        }
+        candidates.extend(
+            merged[section]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .map(|k| (strsim::levenshtein(k, key), format!("{section}_{k}"))),
+        );
+    }
+    if candidates.is_empty() {
+        candidates = all_keys(merged)
+            .into_iter()
+            .map(|k| (strsim::levenshtein(&k, &lower), k))
+            .collect();
+    }
+    candidates.sort();
+    let hint = candidates
+        .first()
+        .filter(|(d, _)| *d <= 4)
+        .map(|(_, k)| format!("; did you mean FLEET_{}?", k.to_ascii_uppercase()))
+        .unwrap_or_else(|| "; `fleet config` lists every key".into());
+    Err(ConfigError::UnknownVariable {
+        var: var.into(),
+        hint,
+    })
+}
+
+fn all_keys(merged: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(map) = merged.as_object() {
+        for (section, v) in map {
+            for key in v.as_object().into_iter().flat_map(|m| m.keys()) {
+                keys.push(format!("{section}_{key}"));
+            }
+        }
+    }
+    keys
+}
+
+fn lookup<'a>(merged: &'a Value, dotted: &str) -> Option<&'a Value> {
+    dotted
+        .split('.')
+        .try_fold(merged, |v, part| v.get(part.trim_matches('"')))
+}
+
+/// Parses a variable's text into the JSON shape of the key it overrides.
+fn parse_env_value(current: &Value, raw: &str) -> Result<Value, String> {
+    match current {
+        Value::Bool(_) => match raw.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Value::Bool(true)),
+            "0" | "false" | "no" | "off" => Ok(Value::Bool(false)),
+            _ => Err("expected true or false".into()),
+        },
+        Value::Number(_) => serde_json::from_str::<serde_json::Number>(raw.trim())
+            .map(Value::Number)
+            .map_err(|_| "expected a number".into()),
+        Value::Array(_) => {
+            if raw.trim_start().starts_with('[') {
+                serde_json::from_str(raw).map_err(|e| format!("expected a JSON array: {e}"))
+            } else {
+                Ok(Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.into()))
+                        .collect(),
+                ))
+            }
+        }
+        Value::Object(_) => {
+            serde_json::from_str(raw).map_err(|e| format!("expected a JSON object: {e}"))
+        }
+        // Optional keys (null) take a number when the text is one, else the text.
+        Value::Null => Ok(serde_json::from_str::<serde_json::Number>(raw.trim())
+            .map(Value::Number)
+            .unwrap_or_else(|_| Value::String(raw.into()))),
+        Value::String(_) => Ok(Value::String(raw.into())),
+    }
+}
+
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    // Maps such as `dispatcher.fields` are replaced whole, not
+                    // merged, so a file can shrink the allow-list.
+                    Some(slot) if slot.is_object() && v.is_object() && !is_free_map(&k) => {
+                        merge(slot, v)
+                    }
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn is_free_map(key: &str) -> bool {
+    matches!(key, "fields" | "indices")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::load_from(None, vars(&[])).unwrap();
+        assert_eq!(c.retry.delay, Duration::from_secs(600));
+        assert_eq!(c.retry.window, Duration::from_secs(7200));
+        assert_eq!(c.dispatcher.split_limit, 10_000);
+        assert_eq!(c.dispatcher.batch_size, 1000);
+        assert_eq!(c.ingest.critical_stock, 3);
+        assert_eq!(c.search.index_for(IndexKey::TrTr), "content_tr");
+        assert_eq!(c.search.index_for(IndexKey::DeDe), "content_intl");
+        assert!(c.dispatcher.fields["listings.merchantId"].nested);
+    }
+
+    #[test]
+    fn fleet_variables_override_keys() {
+        let c = Config::load_from(
+            None,
+            vars(&[
+                ("FLEET_RETRY_DELAY", "2s"),
+                ("FLEET_RETRY_WINDOW", "6s"),
+                ("FLEET_DISPATCHER_SPLIT_LIMIT", "500"),
+                ("FLEET_RETRY_MAX_ATTEMPTS", "4"),
+                ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/test"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.retry.delay, Duration::from_secs(2));
+        assert_eq!(c.retry.window, Duration::from_secs(6));
+        assert_eq!(c.dispatcher.split_limit, 500);
+        assert_eq!(c.retry.max_attempts, Some(4));
+        assert!(c.amqp.url.ends_with("/test"));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key() {
+        let err = Config::load_from(None, vars(&[("FLEET_RETRY_DELAY", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retry.delay"), "{err}");
+        assert!(err.contains("FLEET_RETRY_DELAY"), "{err}");
+        let err = Config::load_from(None, vars(&[("FLEET_DISPATCHER_SPLIT_LIMIT", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dispatcher.split_limit"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_variable_gets_a_suggestion() {
+        let err = Config::load_from(None, vars(&[("FLEET_RETRY_DELAYY", "2s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean FLEET_RETRY_DELAY?"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.toml");
+        let c = Config::load_from(Some(&path), vars(&[])).unwrap();
+        assert_eq!(c.dispatcher.split_limit, 10_000);
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("fleet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[retry]\ndelai = \"2s\"\n").unwrap();
+        let err = Config::load_from(Some(&path), vars(&[])).unwrap_err().to_string();
+        assert!(err.contains("delai"), "{err}");
+    }
+}

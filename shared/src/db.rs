@@ -1,0 +1,339 @@
+//! PostgreSQL: jobs and their partition tasks, parked messages, replay records.
+//!
+//! Invariant: a partition task updates only its own row; the job row changes
+//! once, when the last task is done, under a `state <> 'completed'` guard, so
+//! exactly one finisher sees the completion.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::broker::redact;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects and runs the migrations; the error says how to start PostgreSQL.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to PostgreSQL at {}: {e}. Is it running? Start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+                 (or `scripts/services.sh`), or point DATABASE_URL at it.",
+                redact(url)
+            )
+        })?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("database migrations failed on {}: {e}", redact(url)))?;
+    Ok(pool)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub request_id: String,
+    pub invalidation_type: String,
+    pub index_key: String,
+    pub parameter_name: String,
+    pub request: Value,
+    pub total_hits: i64,
+    pub task_count: i32,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub event_published_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRow {
+    pub job_id: Uuid,
+    pub task_no: i32,
+    pub partition_from: Option<i64>,
+    pub partition_to: Option<i64>,
+    pub expected_hits: i64,
+    pub hits: Option<i64>,
+    pub status: String,
+    pub attempts: i32,
+    pub updated_at: DateTime<Utc>,
+    pub done_at: Option<DateTime<Utc>>,
+}
+
+/// A job to create with its tasks.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub request_id: String,
+    pub invalidation_type: String,
+    pub index_key: String,
+    pub parameter_name: String,
+    pub request: Value,
+    pub total_hits: i64,
+}
+
+/// A task to create: its `searchPartition` range and expected hits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub expected_hits: i64,
+}
+
+/// Creates the job and its tasks unless the job exists (a redelivered
+/// request), then returns the tasks not done yet, to publish.
+pub async fn create_job(pool: &PgPool, job: &NewJob, tasks: &[NewTask]) -> sqlx::Result<Vec<TaskRow>> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (id, request_id, invalidation_type, index_key, parameter_name, request, total_hits, task_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(job.id)
+    .bind(&job.request_id)
+    .bind(&job.invalidation_type)
+    .bind(&job.index_key)
+    .bind(&job.parameter_name)
+    .bind(&job.request)
+    .bind(job.total_hits)
+    .bind(tasks.len() as i32)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        for (i, t) in tasks.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO job_tasks (job_id, task_no, partition_from, partition_to, expected_hits)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(job.id)
+            .bind(i as i32)
+            .bind(t.from)
+            .bind(t.to)
+            .bind(t.expected_hits)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    pending_tasks(pool, job.id).await
+}
+
+pub async fn pending_tasks(pool: &PgPool, job: Uuid) -> sqlx::Result<Vec<TaskRow>> {
+    sqlx::query_as("SELECT * FROM job_tasks WHERE job_id = $1 AND status <> 'done' ORDER BY task_no")
+        .bind(job)
+        .fetch_all(pool)
+        .await
+}
+
+/// Marks a task running (and counts the attempt); `false` when it is already done.
+pub async fn start_task(pool: &PgPool, job: Uuid, task_no: i32) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE job_tasks SET status = 'running', attempts = attempts + 1, updated_at = now()
+         WHERE job_id = $1 AND task_no = $2 AND status <> 'done'",
+    )
+    .bind(job)
+    .bind(task_no)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Marks a task done; `true` only for the call that flipped it.
+pub async fn finish_task(pool: &PgPool, job: Uuid, task_no: i32, hits: i64) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE job_tasks SET status = 'done', hits = $3, done_at = now(), updated_at = now()
+         WHERE job_id = $1 AND task_no = $2 AND status <> 'done'",
+    )
+    .bind(job)
+    .bind(task_no)
+    .bind(hits)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Completes the job when no task is left; returns it to exactly one caller.
+pub async fn complete_job_if_done(pool: &PgPool, job: Uuid) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as(
+        "UPDATE jobs SET state = 'completed', completed_at = now()
+         WHERE id = $1 AND state <> 'completed'
+           AND NOT EXISTS (SELECT 1 FROM job_tasks WHERE job_id = $1 AND status <> 'done')
+         RETURNING *",
+    )
+    .bind(job)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn mark_event_published(pool: &PgPool, job: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET event_published_at = now() WHERE id = $1")
+        .bind(job)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Completed jobs whose event was never confirmed (the finisher crashed in between).
+pub async fn unannounced_jobs(pool: &PgPool, older_than: Duration) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "SELECT * FROM jobs WHERE state = 'completed' AND event_published_at IS NULL
+           AND completed_at < now() - make_interval(secs => $1) ORDER BY completed_at LIMIT 100",
+    )
+    .bind(older_than.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// Tasks not done and untouched for `older_than`; touched now so the next
+/// sweep does not take them again before they had a chance to run.
+pub async fn claim_stalled_tasks(pool: &PgPool, older_than: Duration, limit: i64) -> sqlx::Result<Vec<TaskRow>> {
+    sqlx::query_as(
+        "UPDATE job_tasks SET updated_at = now()
+         WHERE (job_id, task_no) IN (
+             SELECT job_id, task_no FROM job_tasks
+             WHERE status <> 'done' AND updated_at < now() - make_interval(secs => $1)
+             ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING *",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn job(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as("SELECT * FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn tasks(pool: &PgPool, id: Uuid) -> sqlx::Result<Vec<TaskRow>> {
+    sqlx::query_as("SELECT * FROM job_tasks WHERE job_id = $1 ORDER BY task_no")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+}
+
+/// A job with its progress, for `jobs list`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobSummary {
+    pub id: Uuid,
+    pub request_id: String,
+    pub invalidation_type: String,
+    pub index_key: String,
+    pub state: String,
+    pub total_hits: i64,
+    pub task_count: i32,
+    pub done_tasks: i64,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn recent_jobs(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<JobSummary>> {
+    sqlx::query_as(
+        "SELECT j.id, j.request_id, j.invalidation_type, j.index_key, j.state, j.total_hits, j.task_count,
+                (SELECT count(*) FROM job_tasks t WHERE t.job_id = j.id AND t.status = 'done') AS done_tasks,
+                j.created_at, j.completed_at
+         FROM jobs j ORDER BY j.created_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// A message too old to retry.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    pub message_key: String,
+    pub reason: String,
+    pub original_exchange: String,
+    pub original_routing_key: String,
+    pub attempts: i32,
+    pub invalidation_time: Option<DateTime<Utc>>,
+    pub headers: Value,
+    pub body: Vec<u8>,
+}
+
+/// Records a parked message once per `message_key`.
+pub async fn park(pool: &PgPool, p: &Parked) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO parked_messages (message_key, reason, original_exchange, original_routing_key, attempts,
+                                      invalidation_time, headers, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_key) DO NOTHING",
+    )
+    .bind(&p.message_key)
+    .bind(&p.reason)
+    .bind(&p.original_exchange)
+    .bind(&p.original_routing_key)
+    .bind(p.attempts)
+    .bind(p.invalidation_time)
+    .bind(&p.headers)
+    .bind(&p.body)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ParkedRow {
+    pub id: i64,
+    pub reason: String,
+    pub original_exchange: String,
+    pub original_routing_key: String,
+    pub attempts: i32,
+    pub body: Vec<u8>,
+    pub parked_at: DateTime<Utc>,
+}
+
+pub async fn parked(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<ParkedRow>> {
+    sqlx::query_as(
+        "SELECT id, reason, original_exchange, original_routing_key, attempts, body, parked_at
+         FROM parked_messages ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One operator replay.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub queue: String,
+    pub target: String,
+    pub filter: Option<String>,
+    pub operator: String,
+    pub host: String,
+    pub dry_run: bool,
+    pub moved: i32,
+    pub kept: i32,
+    pub started_at: DateTime<Utc>,
+}
+
+pub async fn record_replay(pool: &PgPool, r: &Replay) -> sqlx::Result<i64> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO replays (queue, target, filter, operator, host, dry_run, moved, kept, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(&r.queue)
+    .bind(&r.target)
+    .bind(&r.filter)
+    .bind(&r.operator)
+    .bind(&r.host)
+    .bind(r.dry_run)
+    .bind(r.moved)
+    .bind(r.kept)
+    .bind(r.started_at)
+    .fetch_one(pool)
+    .await?;
+    Ok(id)
+}

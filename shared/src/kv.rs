@@ -1,0 +1,108 @@
+//! Redis: request-id idempotency and the single-sweeper lock.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+use crate::broker::redact;
+use crate::config::RedisConfig;
+
+#[derive(Clone)]
+pub struct Kv {
+    conn: ConnectionManager,
+    prefix: String,
+    idempotency_ttl: Duration,
+}
+
+impl Kv {
+    /// Connects; the error says how to start Redis.
+    pub async fn connect(cfg: &RedisConfig) -> anyhow::Result<Self> {
+        let hint = |e: redis::RedisError| {
+            anyhow::anyhow!(
+                "cannot connect to Redis at {}: {e}. Is it running? Start it with \
+                 `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"` \
+                 (or `scripts/services.sh`), or point REDIS_URL at it.",
+                redact(&cfg.url)
+            )
+        };
+        let client = redis::Client::open(cfg.url.as_str()).map_err(hint)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(hint)?;
+        Ok(Self {
+            conn,
+            prefix: cfg.key_prefix.clone(),
+            idempotency_ttl: cfg.idempotency_ttl,
+        })
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.prefix)
+    }
+
+    /// Whether a request (or any unit of work) was already completed.
+    pub async fn is_done(&self, scope: &str, id: &str) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        c.exists(self.key(scope, id)).await
+    }
+
+    /// Remembers that the work is done (after its outputs were confirmed).
+    pub async fn mark_done(&self, scope: &str, id: &str) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let ttl = self.idempotency_ttl.as_secs().max(1);
+        c.set_ex(self.key(scope, id), 1u8, ttl).await
+    }
+
+    /// Takes a lock for `ttl` unless someone holds it; returns its token.
+    pub async fn try_lock(&self, name: &str, token: &str, ttl: Duration) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key("lock", name))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Extends a lock we hold; `false` when it expired or someone else holds it.
+    pub async fn extend_lock(&self, name: &str, token: &str, ttl: Duration) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        let script = redis::Script::new(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
+        );
+        let n: i64 = script
+            .key(self.key("lock", name))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Releases a lock only if we still hold it (compare-and-delete).
+    pub async fn unlock(&self, name: &str, token: &str) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        let script = redis::Script::new(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+        );
+        let _: i64 = script
+            .key(self.key("lock", name))
+            .arg(token)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ())
+    }
+}

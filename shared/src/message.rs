@@ -1,0 +1,420 @@
+//! The messages on the wire (SPEC §4): JSON, camelCase, versioned by `v`.
+//!
+//! Compatibility rules (seed `004_…`): unknown fields are ignored, optional
+//! fields take defaults when missing, and `v` selects the decoder, so a
+//! producer's old and new messages both work. `fleet schema` prints the JSON
+//! Schema of each kind for producers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The newest message version this build writes.
+pub const CURRENT_VERSION: u32 = 1;
+
+fn version_one() -> u32 {
+    CURRENT_VERSION
+}
+
+/// Why a message was rejected; always a permanent failure.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    #[error("body is valid JSON but not a {kind}: {message}")]
+    Shape { kind: &'static str, message: String },
+    #[error("unsupported message version v={0}; this worker reads v=1")]
+    Version(u64),
+}
+
+impl DecodeError {
+    /// Short machine-readable class, used in dead-letter headers and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            DecodeError::Json(_) => "malformed_json",
+            DecodeError::Shape { .. } => "invalid_message",
+            DecodeError::Version(_) => "unsupported_version",
+        }
+    }
+}
+
+/// Decodes a message of kind `T`, checking the version first.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    body: &[u8],
+) -> Result<T, DecodeError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+    match value.get("v") {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(1) => {}
+            Some(other) => return Err(DecodeError::Version(other)),
+            None => {
+                return Err(DecodeError::Shape {
+                    kind,
+                    message: format!("`v` must be a number, found {v}"),
+                })
+            }
+        },
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        DecodeError::Shape {
+            kind,
+            message: if path == "." {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            },
+        }
+    })
+}
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $wire:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+        pub enum $name {
+            $(#[serde(rename = $wire)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value as it is spelt on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str().eq_ignore_ascii_case(s) || v.snake() == s.to_ascii_lowercase())
+                    .ok_or_else(|| {
+                        let all: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                        format!("unknown {} {s:?}; expected one of {}", stringify!($name), all.join(", "))
+                    })
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// Why contents must be rebuilt; decides the lane and the outbound queue.
+    InvalidationType {
+        Promotion => "PROMOTION",
+        Assortment => "ASSORTMENT",
+        BrandCategory => "BRAND_CATEGORY",
+        Supplier => "SUPPLIER",
+        Tag => "TAG",
+        Label => "LABEL",
+        ContentScore => "CONTENT_SCORE",
+        RatingScore => "RATING_SCORE",
+        FitRatio => "FIT_RATIO",
+        Stock => "STOCK",
+        Price => "PRICE",
+        Inventory => "INVENTORY",
+        Product => "PRODUCT",
+        Campaign => "CAMPAIGN",
+        Content => "CONTENT",
+        Immediately => "IMMEDIATELY",
+        Translation => "TRANSLATION",
+    }
+}
+
+string_enum! {
+    /// A country and language; selects the index and the outbound queue.
+    IndexKey {
+        TrTr => "trTR",
+        DeDe => "deDE",
+        EnAt => "enAT",
+        EnBe => "enBE",
+        EnBg => "enBG",
+        EnHr => "enHR",
+        EnCz => "enCZ",
+    }
+}
+
+impl InvalidationType {
+    /// Types served by the fast lane unless configured otherwise.
+    pub const DEFAULT_FAST: &'static [InvalidationType] = &[
+        InvalidationType::Price,
+        InvalidationType::Stock,
+        InvalidationType::Inventory,
+        InvalidationType::Immediately,
+        InvalidationType::Campaign,
+        InvalidationType::Promotion,
+    ];
+
+    /// Lower snake case: `brand_category`. Routing key on the request exchange
+    /// and the `<type>` part of outbound names.
+    pub fn snake(self) -> String {
+        self.as_str().to_ascii_lowercase()
+    }
+}
+
+impl IndexKey {
+    /// Lower snake case: `tr_tr`.
+    pub fn snake(self) -> String {
+        let s = self.as_str();
+        format!("{}_{}", &s[..2], s[2..].to_ascii_lowercase())
+    }
+
+    /// The index keys of a country code (`TR`, `DE`, `AT`, …).
+    pub fn for_country(country: &str) -> Vec<IndexKey> {
+        let c = country.to_ascii_uppercase();
+        IndexKey::ALL
+            .iter()
+            .copied()
+            .filter(|k| k.as_str()[2..] == c)
+            .collect()
+    }
+
+    /// The index keys of a language code (`tr`, `de`, `en`).
+    pub fn for_language(language: &str) -> Vec<IndexKey> {
+        let l = language.to_ascii_lowercase();
+        IndexKey::ALL
+            .iter()
+            .copied()
+            .filter(|k| k.as_str()[..2] == l)
+            .collect()
+    }
+}
+
+/// Outbound routing key: `<type>.<index_key>`, e.g. `price.tr_tr`.
+pub fn outbound_routing_key(t: InvalidationType, k: IndexKey) -> String {
+    format!("{}.{}", t.snake(), k.snake())
+}
+
+/// Outbound queue name: `productcontent_<type>_<index_key>`.
+pub fn outbound_queue(t: InvalidationType, k: IndexKey) -> String {
+    format!("productcontent_{}_{}", t.snake(), k.snake())
+}
+
+/// "These contents must be rebuilt, for this reason, in these locales."
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "InvalidationRequest", extend("additionalProperties" = true))]
+pub struct InvalidationRequest {
+    /// Message version; 1 when absent.
+    #[serde(default = "version_one")]
+    pub v: u32,
+    /// Idempotency key; generated at first sight when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Content ids when `parameterName` is `id`, otherwise ids of `parameterName`.
+    pub parameter_ids: Vec<i64>,
+    /// The index field the ids belong to; must be on the allow-list.
+    pub parameter_name: String,
+    /// The field is inside a nested object (informational: the allow-list decides).
+    #[serde(default)]
+    pub is_nested_type: bool,
+    /// Nested path of the field (informational: the allow-list decides).
+    #[serde(default)]
+    pub nested_path_name: Option<String>,
+    /// Why the contents changed.
+    pub invalidation_type: InvalidationType,
+    /// Locales to invalidate; every configured index key when absent or empty.
+    #[serde(default)]
+    pub index_keys: Vec<IndexKey>,
+    /// Milliseconds since the epoch; set by the first worker that fails the
+    /// request when absent. The retry window counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalidation_time: Option<i64>,
+}
+
+impl InvalidationRequest {
+    pub const KIND: &'static str = "invalidation request";
+
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        decode(Self::KIND, body)
+    }
+
+    /// Routing key on the request exchange.
+    pub fn routing_key(&self) -> String {
+        self.invalidation_type.snake()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // `unwrap`: the struct has only string keys and plain values.
+        serde_json::to_vec(self).unwrap()
+    }
+}
+
+/// A batch of content ids for one type and index key: what downstream indexers read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "OutboundBatch", extend("additionalProperties" = true))]
+pub struct OutboundBatch {
+    #[serde(default = "version_one")]
+    pub v: u32,
+    /// The request these ids come from (the first one when several small
+    /// requests share the batch; all of them are in `requestIds`).
+    pub request_id: String,
+    /// Every request that contributed ids, when more than one did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_ids: Vec<String>,
+    pub invalidation_type: InvalidationType,
+    pub index_key: IndexKey,
+    /// At most `dispatcher.batch_size` ids; duplicates across batches are possible and harmless.
+    pub content_ids: Vec<i64>,
+    /// The earliest `invalidationTime` of the contributing requests.
+    pub invalidation_time: i64,
+}
+
+impl OutboundBatch {
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        decode("outbound batch", body)
+    }
+}
+
+/// One partition of a split request: the original query restricted to a
+/// `searchPartition` range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "PartitionTask", extend("additionalProperties" = true))]
+pub struct PartitionTask {
+    #[serde(default = "version_one")]
+    pub v: u32,
+    pub job_id: Uuid,
+    pub task_no: i32,
+    pub request_id: String,
+    pub invalidation_type: InvalidationType,
+    pub index_key: IndexKey,
+    pub parameter_name: String,
+    pub parameter_ids: Vec<i64>,
+    /// Inclusive lower bound on `searchPartition`; unbounded when absent.
+    #[serde(default)]
+    pub partition_from: Option<i64>,
+    /// Exclusive upper bound on `searchPartition`; unbounded when absent.
+    #[serde(default)]
+    pub partition_to: Option<i64>,
+    pub invalidation_time: i64,
+}
+
+impl PartitionTask {
+    pub const KIND: &'static str = "partition task";
+
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        decode(Self::KIND, body)
+    }
+}
+
+/// Published once on `invalidation.events` with routing key `job.completed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "JobCompleted", extend("additionalProperties" = true))]
+pub struct JobCompleted {
+    #[serde(default = "version_one")]
+    pub v: u32,
+    pub job_id: Uuid,
+    pub request_id: String,
+    pub invalidation_type: InvalidationType,
+    pub index_key: IndexKey,
+    pub tasks: i32,
+    pub hits: i64,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    pub completed_at: i64,
+}
+
+/// The JSON Schema of every message kind, by name.
+pub fn schemas() -> Vec<(&'static str, Value)> {
+    let s = |schema: schemars::Schema| serde_json::to_value(schema).unwrap_or(Value::Null);
+    vec![
+        ("request", s(schemars::schema_for!(InvalidationRequest))),
+        ("outbound", s(schemars::schema_for!(OutboundBatch))),
+        ("partition-task", s(schemars::schema_for!(PartitionTask))),
+        ("job-completed", s(schemars::schema_for!(JobCompleted))),
+        ("source-event", s(schemars::schema_for!(crate::source::SourceEvent))),
+    ]
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A fresh request id (time-ordered, so ids sort by first sight).
+pub fn new_request_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_seed_example_and_ignores_unknown_fields() {
+        let body = br#"{"v": 1, "requestId": "r1", "parameterIds": [100, 200], "parameterName": "brand.id",
+            "isNestedType": false, "nestedPathName": null, "invalidationType": "PRICE",
+            "indexKeys": ["trTR", "deDE"], "invalidationTime": 1763856000000, "someNewField": {"x": 1}}"#;
+        let r = InvalidationRequest::decode(body).unwrap();
+        assert_eq!(r.parameter_ids, vec![100, 200]);
+        assert_eq!(r.index_keys, vec![IndexKey::TrTr, IndexKey::DeDe]);
+        assert_eq!(r.invalidation_time, Some(1763856000000));
+    }
+
+    #[test]
+    fn an_old_producer_without_v_or_optional_fields_still_works() {
+        let body = br#"{"parameterIds": [1], "parameterName": "id", "invalidationType": "STOCK"}"#;
+        let r = InvalidationRequest::decode(body).unwrap();
+        assert_eq!(r.v, 1);
+        assert!(r.request_id.is_none() && r.index_keys.is_empty() && r.invalidation_time.is_none());
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert_eq!(InvalidationRequest::decode(b"{nope").unwrap_err().class(), "malformed_json");
+        let e = InvalidationRequest::decode(
+            br#"{"parameterIds": [1], "parameterName": "id", "invalidationType": "REFUND"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.class(), "invalid_message");
+        assert!(e.to_string().contains("invalidationType"), "{e}");
+        let e = InvalidationRequest::decode(br#"{"v": 7}"#).unwrap_err();
+        assert_eq!(e, DecodeError::Version(7));
+    }
+
+    #[test]
+    fn names_follow_the_public_contract() {
+        assert_eq!(
+            outbound_queue(InvalidationType::Price, IndexKey::TrTr),
+            "productcontent_price_tr_tr"
+        );
+        assert_eq!(
+            outbound_routing_key(InvalidationType::BrandCategory, IndexKey::DeDe),
+            "brand_category.de_de"
+        );
+        assert_eq!("brand_category".parse::<InvalidationType>(), Ok(InvalidationType::BrandCategory));
+        assert_eq!(IndexKey::for_language("en").len(), 5);
+        assert_eq!(IndexKey::for_country("de"), vec![IndexKey::DeDe]);
+    }
+
+    #[test]
+    fn schemas_name_the_required_fields() {
+        let all = schemas();
+        let request = &all.iter().find(|(n, _)| *n == "request").unwrap().1;
+        let required = request["required"].as_array().unwrap();
+        assert!(required.iter().any(|v| v == "parameterIds"));
+        assert!(!required.iter().any(|v| v == "requestId"));
+    }
+}

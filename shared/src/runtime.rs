@@ -1,0 +1,494 @@
+//! The one consumer loop every worker runs, and the failure paths of SPEC §6.
+//!
+//! A delivery ends in exactly one of: done (acked after the handler's
+//! effects were confirmed), retried later (republished to the retry delay
+//! queue, confirmed, then acked), dead-lettered (republished to the queue's
+//! dead-letter queue with headers that say why, confirmed, then acked), or
+//! returned to the broker unacked (shutdown timeout, lost connection, or a
+//! failure path that itself could not publish). Nothing is acked before its
+//! outputs are confirmed; nothing is dropped.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_lapin::lapin::message::Delivery;
+use deadpool_lapin::lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use deadpool_lapin::lapin::types::FieldTable;
+use deadpool_lapin::lapin::BasicProperties;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{self, headers, header_i64, header_text, with_headers, HeaderValue, Identity, Outgoing, PublishError, Publisher};
+use crate::config::Config;
+use crate::message::now_millis;
+use crate::telemetry;
+use crate::topology::names;
+
+/// How a handler failed: decides the failure path.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HandlerError {
+    /// Bad input; retrying cannot help. Goes to the queue's dead-letter queue.
+    #[error("{class}: {message}")]
+    Permanent { class: String, message: String },
+    /// A dependency failed; try again after the retry delay.
+    #[error("{class}: {message}")]
+    Transient {
+        class: String,
+        message: String,
+        /// A body to retry instead of the original (e.g. with the request id
+        /// generated at first sight, so the retry keeps it).
+        body: Option<Vec<u8>>,
+    },
+}
+
+impl HandlerError {
+    pub fn permanent(class: impl Into<String>, message: impl ToString) -> Self {
+        HandlerError::Permanent {
+            class: class.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn transient(class: impl Into<String>, message: impl ToString) -> Self {
+        HandlerError::Transient {
+            class: class.into(),
+            message: message.to_string(),
+            body: None,
+        }
+    }
+
+    /// Attaches the body to retry with (transient errors only).
+    pub fn with_body(self, new_body: Vec<u8>) -> Self {
+        match self {
+            HandlerError::Transient { class, message, .. } => HandlerError::Transient {
+                class,
+                message,
+                body: Some(new_body),
+            },
+            other => other,
+        }
+    }
+
+    pub fn class(&self) -> &str {
+        match self {
+            HandlerError::Permanent { class, .. } | HandlerError::Transient { class, .. } => class,
+        }
+    }
+}
+
+/// Classifies a publish failure: an unroutable message is a topology problem
+/// that an operator must fix, everything else is a passing broker problem.
+/// Both are retried: nothing is lost while the operator fixes the topology.
+impl From<PublishError> for HandlerError {
+    fn from(e: PublishError) -> Self {
+        let class = match e {
+            PublishError::Unroutable { .. } => "unroutable",
+            _ => "broker",
+        };
+        HandlerError::transient(class, e)
+    }
+}
+
+/// Tags an error at the call site: `search.count(..).await.transient("search")?`.
+pub trait Classify<T> {
+    fn transient(self, class: &str) -> Result<T, HandlerError>;
+    fn permanent(self, class: &str) -> Result<T, HandlerError>;
+}
+
+impl<T, E: std::fmt::Display> Classify<T> for Result<T, E> {
+    fn transient(self, class: &str) -> Result<T, HandlerError> {
+        self.map_err(|e| HandlerError::transient(class, e))
+    }
+    fn permanent(self, class: &str) -> Result<T, HandlerError> {
+        self.map_err(|e| HandlerError::permanent(class, e))
+    }
+}
+
+/// One delivery as handlers see it.
+pub struct Incoming {
+    /// The queue it was consumed from.
+    pub queue: String,
+    pub delivery: Delivery,
+}
+
+impl Incoming {
+    pub fn body(&self) -> &[u8] {
+        &self.delivery.data
+    }
+
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.delivery.properties.headers().as_ref()
+    }
+
+    pub fn header(&self, key: &str) -> Option<String> {
+        header_text(self.headers(), key)
+    }
+}
+
+/// What a worker does with one delivery.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, msg: &Incoming) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// What every worker of a process shares.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub identity: Identity,
+    pub publisher: Publisher,
+}
+
+/// Acks or nacks a delivery exactly once; a second call is a bug and is refused.
+struct AckOnce {
+    acker: deadpool_lapin::lapin::Acker,
+    done: AtomicBool,
+}
+
+impl AckOnce {
+    fn claim(&self) -> Result<(), &'static str> {
+        if self.done.swap(true, Ordering::SeqCst) {
+            Err("delivery already acknowledged")
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn ack(&self) {
+        if let Err(e) = self.claim() {
+            tracing::error!(error = %e, "Refused a second ack.");
+            return;
+        }
+        match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => {}
+            // The channel died after the work was confirmed: the broker will
+            // redeliver, and the handlers are idempotent.
+            Ok(false) => tracing::warn!("Ack not delivered (channel closed); the broker will redeliver."),
+            Err(error) => tracing::warn!(%error, "Ack failed; the broker will redeliver."),
+        }
+    }
+
+    async fn requeue(&self) {
+        if self.claim().is_err() {
+            return;
+        }
+        let _ = self
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await;
+    }
+}
+
+/// Consumes `queues` until `shutdown`, reconnecting with backoff.
+pub async fn consume<H: Handler>(
+    ctx: Context,
+    queues: Vec<String>,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(250);
+    let max_backoff = ctx.config.amqp.reconnect_max_backoff;
+    let worker = ctx.identity.worker.clone();
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let conn = match broker::connect(&ctx.config.amqp.url, &ctx.identity, "consumer").await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, ?backoff, worker, "Broker unreachable; retrying.");
+                if sleep_or_shutdown(backoff, &shutdown).await {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(max_backoff);
+                continue;
+            }
+        };
+        let session = run_session(&ctx, &conn, &queues, handler.clone(), &shutdown).await;
+        let _ = conn.close(200, "worker stopping".into()).await;
+        match session {
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Lost) => {
+                tracing::warn!(worker, "Lost the broker connection; reconnecting.");
+                backoff = Duration::from_millis(250);
+            }
+            Err(error) => {
+                tracing::warn!(%error, worker, "Consumer failed; reconnecting.");
+                if sleep_or_shutdown(backoff, &shutdown).await {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost,
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+async fn run_session<H: Handler>(
+    ctx: &Context,
+    conn: &deadpool_lapin::lapin::Connection,
+    queues: &[String],
+    handler: Arc<H>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SessionEnd> {
+    let channel = conn.create_channel().await?;
+    // Re-applied on every (re)connection: recovery does not restore it.
+    channel
+        .basic_qos(ctx.config.amqp.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut streams = Vec::new();
+    let mut tags = Vec::new();
+    for q in queues {
+        let tag = ctx.identity.consumer_tag(q);
+        let consumer = channel
+            .basic_consume(
+                q.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tags.push(tag);
+        let queue = q.clone();
+        streams.push(consumer.map(move |d| (queue.clone(), d)).boxed());
+    }
+    tracing::info!(worker = %ctx.identity.worker, queues = ?queues, prefetch = ctx.config.amqp.prefetch, "Consuming.");
+    let mut merged = futures::stream::select_all(streams);
+    let tracker = TaskTracker::new();
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            next = merged.next() => match next {
+                Some((queue, Ok(delivery))) => {
+                    let ctx = ctx.clone();
+                    let handler = handler.clone();
+                    tracker.spawn(async move {
+                        process(&ctx, handler.as_ref(), Incoming { queue, delivery }).await;
+                    });
+                }
+                Some((_, Err(error))) => {
+                    tracing::warn!(%error, "Consumer stream failed.");
+                    break SessionEnd::Lost;
+                }
+                None => break SessionEnd::Lost,
+            }
+        }
+    };
+    if matches!(end, SessionEnd::Shutdown) {
+        // Stop new deliveries first, then let in-flight ones finish.
+        for tag in &tags {
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+    }
+    tracker.close();
+    let grace = ctx.config.worker.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            ?grace,
+            "Shutdown grace over; returning in-flight messages to the broker unacknowledged."
+        );
+    }
+    let _ = channel.close(200, "worker stopping".into()).await;
+    Ok(end)
+}
+
+/// Runs the handler and takes the delivery down exactly one path.
+async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
+    let started = std::time::Instant::now();
+    let result = handler.handle(&msg).await;
+    let ack = AckOnce {
+        acker: msg.delivery.acker.clone(),
+        done: AtomicBool::new(false),
+    };
+    let worker = ctx.identity.worker.as_str();
+    let outcome = match result {
+        Ok(()) => {
+            ack.ack().await;
+            "done"
+        }
+        Err(HandlerError::Permanent { class, message }) => {
+            tracing::warn!(worker, queue = %msg.queue, error_class = %class, error = %message, "Message failed permanently; dead-lettering it.");
+            match dead_letter(ctx, &msg, &class, &message).await {
+                Ok(()) => {
+                    ack.ack().await;
+                    "dead_lettered"
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Could not dead-letter; returning the message to the broker.");
+                    ack.requeue().await;
+                    "returned"
+                }
+            }
+        }
+        Err(HandlerError::Transient { class, message, body }) => {
+            tracing::warn!(worker, queue = %msg.queue, error_class = %class, error = %message, "Message failed transiently; sending it to the retry delay queue.");
+            match send_to_retry(ctx, &msg, &class, &message, body).await {
+                Ok(()) => {
+                    ack.ack().await;
+                    "retried"
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Could not schedule the retry; returning the message to the broker.");
+                    // Give a failing dependency a moment before the redelivery.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    ack.requeue().await;
+                    "returned"
+                }
+            }
+        }
+    };
+    telemetry::message_outcome(worker, &msg.queue, outcome, started.elapsed());
+}
+
+fn error_headers(ctx: &Context, msg: &Incoming, class: &str, message: &str) -> Vec<(&'static str, HeaderValue)> {
+    let mut set: Vec<(&'static str, HeaderValue)> = vec![
+        (headers::ERROR_CLASS, class.into()),
+        (headers::ERROR_MESSAGE, truncate(message, 1000).into()),
+        (headers::ERROR_WORKER, ctx.identity.label().into()),
+        (headers::ERROR_TIME, chrono::Utc::now().to_rfc3339().into()),
+        (headers::ORIGINAL_QUEUE, msg.queue.clone().into()),
+    ];
+    // Keep the first origin: a message that already went through the retry
+    // path must go back to where it originally came from.
+    if msg.header(headers::ORIGINAL_EXCHANGE).is_none() {
+        set.push((headers::ORIGINAL_EXCHANGE, msg.delivery.exchange.as_str().into()));
+        set.push((headers::ORIGINAL_ROUTING_KEY, msg.delivery.routing_key.as_str().into()));
+    }
+    set
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut out = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(ct) = p.content_type() {
+        out = out.with_content_type(ct.clone());
+    }
+    if let Some(id) = p.message_id() {
+        out = out.with_message_id(id.clone());
+    }
+    if let Some(ts) = p.timestamp() {
+        out = out.with_timestamp(*ts);
+    }
+    if let Some(app) = p.app_id() {
+        out = out.with_app_id(app.clone());
+    }
+    out
+}
+
+/// Permanent failure: the body byte-for-byte to `<queue>.dlq`, with headers that say why.
+pub async fn dead_letter(ctx: &Context, msg: &Incoming, class: &str, message: &str) -> Result<(), PublishError> {
+    let set = error_headers(ctx, msg, class, message);
+    let table = with_headers(msg.headers(), &set);
+    let props = copy_properties(&msg.delivery.properties, table);
+    ctx.publisher
+        .publish(Outgoing {
+            exchange: names::DLX,
+            routing_key: &msg.queue,
+            body: msg.body(),
+            properties: props,
+            mandatory: true,
+        })
+        .await
+}
+
+/// Transient failure: to the retry delay queue with `invalidationTime` set if
+/// absent and the attempt counter incremented.
+pub async fn send_to_retry(
+    ctx: &Context,
+    msg: &Incoming,
+    class: &str,
+    message: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(), PublishError> {
+    let now = now_millis();
+    let body = body.unwrap_or_else(|| msg.body().to_vec());
+    let (body, invalidation_time) = stamp_invalidation_time(&body, now);
+    let attempts = header_i64(msg.headers(), headers::ATTEMPTS).unwrap_or(0) + 1;
+    let first_failure = header_i64(msg.headers(), headers::FIRST_FAILURE)
+        .or(invalidation_time)
+        .unwrap_or(now);
+    let mut set = error_headers(ctx, msg, class, message);
+    set.push((headers::ATTEMPTS, attempts.into()));
+    set.push((headers::FIRST_FAILURE, first_failure.into()));
+    let table = with_headers(msg.headers(), &set);
+    let props = copy_properties(&msg.delivery.properties, table);
+    ctx.publisher
+        .publish(Outgoing {
+            exchange: names::RETRY_EXCHANGE,
+            routing_key: names::RETRY_DELAY_KEY,
+            body: &body,
+            properties: props,
+            mandatory: true,
+        })
+        .await
+}
+
+/// Sets `invalidationTime` on a JSON object body when it is absent; returns
+/// the body to send and the message's invalidation time, if it has one.
+pub fn stamp_invalidation_time(body: &[u8], now: i64) -> (Vec<u8>, Option<i64>) {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut map)) => match map.get("invalidationTime").and_then(Value::as_i64) {
+            Some(t) => (body.to_vec(), Some(t)),
+            None => {
+                map.insert("invalidationTime".into(), Value::from(now));
+                // `unwrap`: a map that was just parsed serialises again.
+                (serde_json::to_vec(&Value::Object(map)).unwrap(), Some(now))
+            }
+        },
+        // Not a JSON object: the first-failure header carries the time.
+        _ => (body.to_vec(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_time_is_set_once() {
+        let (b, t) = stamp_invalidation_time(br#"{"a":1}"#, 42);
+        assert_eq!(t, Some(42));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["invalidationTime"], 42);
+        assert_eq!(v["a"], 1);
+        let (b2, t2) = stamp_invalidation_time(&b, 99);
+        assert_eq!((b2, t2), (b, Some(42)));
+        let (b3, t3) = stamp_invalidation_time(b"not json", 7);
+        assert_eq!((b3.as_slice(), t3), (b"not json".as_slice(), None));
+    }
+}

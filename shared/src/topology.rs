@@ -1,0 +1,836 @@
+//! Topology as data (SPEC §5): the file under `topology/`, its expansion into
+//! exchanges, queues and bindings, and the three things an operator does with
+//! it — `apply` (idempotent declares over AMQP), `plan` (a diff against the
+//! live broker through the management API) and `export` (a RabbitMQ
+//! definitions document).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use deadpool_lapin::lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use deadpool_lapin::lapin::types::{AMQPValue, FieldTable};
+use deadpool_lapin::lapin::{Channel, Connection, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::mgmt::Management;
+use crate::message::{outbound_queue, outbound_routing_key, IndexKey, InvalidationType};
+
+/// The topology shipped with the fleet, built into the binary.
+pub const BUILTIN: &str = include_str!("../../topology/fleet.toml");
+
+/// Well-known names (SPEC §5 table). Producers and operators depend on them.
+pub mod names {
+    pub const REQUESTS: &str = "invalidation.requests";
+    pub const FAST_LANE: &str = "invalidation.requests.fast";
+    pub const BULK_LANE: &str = "invalidation.requests.bulk";
+    pub const UNROUTABLE: &str = "invalidation.unroutable";
+    pub const PARTITIONS: &str = "invalidation.partitions";
+    pub const PARTITION_KEY: &str = "task";
+    pub const OUTBOUND: &str = "content.invalidations";
+    pub const EVENTS: &str = "invalidation.events";
+    pub const EVENTS_LOG: &str = "invalidation.events.log";
+    pub const RETRY_EXCHANGE: &str = "invalidation.retry";
+    pub const RETRY_DELAY: &str = "invalidation.retry.delay";
+    pub const RETRY_DELAY_KEY: &str = "delay";
+    pub const RETRY_READY: &str = "invalidation.retry.ready";
+    pub const PARKED: &str = "invalidation.parked";
+    pub const PARKED_EXCHANGE: &str = "invalidation.parked";
+    pub const DLX: &str = "invalidation.dlx";
+    pub const JOB_COMPLETED: &str = "job.completed";
+
+    /// The dead-letter queue of `queue`.
+    pub fn dlq(queue: &str) -> String {
+        format!("{queue}.dlq")
+    }
+}
+
+/// The file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    pub defaults: Defaults,
+    #[serde(default, rename = "exchange")]
+    pub exchanges: Vec<ExchangeSpec>,
+    #[serde(default, rename = "queue")]
+    pub queues: Vec<QueueSpec>,
+    #[serde(default)]
+    pub outbound: Option<OutboundSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// `classic` or `quorum`.
+    pub queue_type: String,
+    /// `x-delivery-limit` of quorum queues.
+    pub delivery_limit: i64,
+    /// The exchange every `dead_letter = true` queue dead-letters to.
+    pub dead_letter_exchange: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub alternate_exchange: Option<String>,
+    #[serde(default)]
+    pub purpose: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    pub name: String,
+    /// The worker that consumes it (documentation and `status`).
+    #[serde(default)]
+    pub consumer: Option<String>,
+    #[serde(default)]
+    pub dead_letter: bool,
+    /// Dead-letter somewhere specific (the retry delay queue does this).
+    #[serde(default)]
+    pub dead_letter_to: Option<DeadLetterTo>,
+    /// A config key (`retry.delay`) or a number of milliseconds.
+    #[serde(default)]
+    pub message_ttl: Option<toml::Value>,
+    #[serde(default)]
+    pub purpose: String,
+    #[serde(default)]
+    pub bind: Vec<BindSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterTo {
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindSpec {
+    pub exchange: String,
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSpec {
+    pub exchange: String,
+    #[serde(default)]
+    pub dead_letter: bool,
+    pub types: Vec<InvalidationType>,
+    pub index_keys: Vec<IndexKey>,
+}
+
+/// An argument value as RabbitMQ stores it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(untagged)]
+pub enum Arg {
+    Int(i64),
+    Str(String),
+}
+
+impl fmt::Display for Arg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Arg::Int(i) => write!(f, "{i}"),
+            Arg::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl Arg {
+    fn amqp(&self) -> AMQPValue {
+        match self {
+            Arg::Int(i) => AMQPValue::LongLongInt(*i),
+            Arg::Str(s) => AMQPValue::LongString(s.as_str().into()),
+        }
+    }
+
+    fn from_json(v: &Value) -> Option<Arg> {
+        match v {
+            Value::Number(n) => n.as_i64().map(Arg::Int),
+            Value::String(s) => Some(Arg::Str(s.clone())),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub name: String,
+    pub kind: String,
+    pub arguments: BTreeMap<String, Arg>,
+    pub purpose: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    pub name: String,
+    pub arguments: BTreeMap<String, Arg>,
+    pub consumer: Option<String>,
+    pub purpose: String,
+    /// The queue this one holds the dead letters of.
+    pub dead_letters_of: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Binding {
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+}
+
+/// The expanded topology: exactly what gets declared.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchanges: Vec<Exchange>,
+    pub queues: Vec<Queue>,
+    pub bindings: Vec<Binding>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot read topology file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("topology: {0}")]
+    Invalid(String),
+    #[error("{}", format_mismatches(.0))]
+    Mismatch(Vec<Mismatch>),
+    #[error("topology: broker refused {what}: {message}")]
+    Broker { what: String, message: String },
+}
+
+/// A queue or exchange that exists with arguments other than the file's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub kind: &'static str,
+    pub name: String,
+    pub argument: String,
+    /// What the topology wants.
+    pub wanted: String,
+    /// What the broker has.
+    pub found: String,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} '{}' already exists with {} = {}, but the topology wants {}",
+            self.kind, self.name, self.argument, self.found, self.wanted
+        )
+    }
+}
+
+fn format_mismatches(m: &[Mismatch]) -> String {
+    let mut s = String::from("the broker's topology conflicts with the topology file:\n");
+    for x in m {
+        s.push_str(&format!("  - {x}\n"));
+    }
+    s.push_str(
+        "A queue's arguments cannot change in place. Drain the queue (or move its messages with \
+         `fleet dlq replay --to`), delete it in the management UI, then run `fleet topology apply`; \
+         or change the topology file to match. `fleet topology plan` lists every difference.",
+    );
+    s
+}
+
+impl Topology {
+    /// Loads the configured topology file (or the built-in one) and expands it.
+    pub fn load(config: &Config) -> Result<Topology, TopologyError> {
+        let text = match &config.topology.file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| TopologyError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?,
+            None => BUILTIN.to_string(),
+        };
+        let origin = config
+            .topology
+            .file
+            .as_deref()
+            .unwrap_or(Path::new("topology/fleet.toml (built in)"));
+        let file: TopologyFile = toml::from_str(&text).map_err(|e| TopologyError::File {
+            path: origin.display().to_string(),
+            message: e.to_string(),
+        })?;
+        file.expand(config)
+    }
+
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    /// Queues that hold messages nobody will process without an operator:
+    /// dead-letter queues, the parking queue and the unroutable catch-all.
+    pub fn operator_queues(&self) -> Vec<&Queue> {
+        self.queues
+            .iter()
+            .filter(|q| {
+                q.dead_letters_of.is_some() || q.name == names::PARKED || q.name == names::UNROUTABLE
+            })
+            .collect()
+    }
+}
+
+impl TopologyFile {
+    pub fn expand(&self, config: &Config) -> Result<Topology, TopologyError> {
+        let queue_type = config
+            .topology
+            .queue_type
+            .clone()
+            .unwrap_or_else(|| self.defaults.queue_type.clone());
+        let quorum = match queue_type.as_str() {
+            "quorum" => true,
+            "classic" => false,
+            other => {
+                return Err(TopologyError::Invalid(format!(
+                    "queue_type {other:?} is neither classic nor quorum"
+                )))
+            }
+        };
+        let dlx = &self.defaults.dead_letter_exchange;
+        let mut exchanges: Vec<Exchange> = Vec::new();
+        for e in &self.exchanges {
+            if !matches!(e.kind.as_str(), "direct" | "topic" | "fanout" | "headers") {
+                return Err(TopologyError::Invalid(format!(
+                    "exchange {} has unknown type {:?}",
+                    e.name, e.kind
+                )));
+            }
+            let mut arguments = BTreeMap::new();
+            if let Some(ae) = &e.alternate_exchange {
+                arguments.insert("alternate-exchange".into(), Arg::Str(ae.clone()));
+            }
+            exchanges.push(Exchange {
+                name: e.name.clone(),
+                kind: e.kind.clone(),
+                arguments,
+                purpose: e.purpose.clone(),
+            });
+        }
+        let mut queues = Vec::new();
+        let mut bindings = Vec::new();
+        let mut needs_dlx = false;
+
+        let base_args = |dead_letter: bool| {
+            let mut a = BTreeMap::new();
+            if quorum {
+                a.insert("x-queue-type".into(), Arg::Str("quorum".into()));
+                a.insert("x-delivery-limit".into(), Arg::Int(self.defaults.delivery_limit));
+                if dead_letter {
+                    a.insert("x-dead-letter-strategy".into(), Arg::Str("at-least-once".into()));
+                    a.insert("x-overflow".into(), Arg::Str("reject-publish".into()));
+                }
+            }
+            a
+        };
+        let mut push_queue = |spec_name: &str,
+                              consumer: Option<String>,
+                              purpose: String,
+                              dead_letter: bool,
+                              mut arguments: BTreeMap<String, Arg>,
+                              queues: &mut Vec<Queue>,
+                              bindings: &mut Vec<Binding>| {
+            if dead_letter {
+                needs_dlx = true;
+                arguments.insert("x-dead-letter-exchange".into(), Arg::Str(dlx.clone()));
+                arguments.insert("x-dead-letter-routing-key".into(), Arg::Str(spec_name.into()));
+                let dlq = names::dlq(spec_name);
+                queues.push(Queue {
+                    name: dlq.clone(),
+                    arguments: base_args(false),
+                    consumer: None,
+                    purpose: format!("Dead letters of {spec_name}: messages that failed permanently, with headers saying why."),
+                    dead_letters_of: Some(spec_name.into()),
+                });
+                bindings.push(Binding {
+                    exchange: dlx.clone(),
+                    queue: dlq,
+                    routing_key: spec_name.into(),
+                });
+            }
+            queues.push(Queue {
+                name: spec_name.into(),
+                arguments,
+                consumer,
+                purpose,
+                dead_letters_of: None,
+            });
+        };
+
+        for q in &self.queues {
+            let has_dl = q.dead_letter || q.dead_letter_to.is_some();
+            let mut args = base_args(has_dl);
+            if let Some(ttl) = &q.message_ttl {
+                let ms = match ttl {
+                    toml::Value::Integer(i) => *i,
+                    toml::Value::String(s) if s == "retry.delay" => {
+                        config.retry.delay.as_millis() as i64
+                    }
+                    other => {
+                        return Err(TopologyError::Invalid(format!(
+                            "queue {} has message_ttl {other}; use milliseconds or \"retry.delay\"",
+                            q.name
+                        )))
+                    }
+                };
+                args.insert("x-message-ttl".into(), Arg::Int(ms));
+            }
+            if let Some(to) = &q.dead_letter_to {
+                args.insert("x-dead-letter-exchange".into(), Arg::Str(to.exchange.clone()));
+                args.insert("x-dead-letter-routing-key".into(), Arg::Str(to.routing_key.clone()));
+            }
+            push_queue(
+                &q.name,
+                q.consumer.clone(),
+                q.purpose.clone(),
+                q.dead_letter,
+                args,
+                &mut queues,
+                &mut bindings,
+            );
+            for b in &q.bind {
+                for key in &b.keys {
+                    bindings.push(Binding {
+                        exchange: b.exchange.clone(),
+                        queue: q.name.clone(),
+                        routing_key: key.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(o) = &self.outbound {
+            for &t in &o.types {
+                for &k in &o.index_keys {
+                    let name = outbound_queue(t, k);
+                    push_queue(
+                        &name,
+                        None,
+                        format!("Content ids to rebuild for {t} in {k}; read by the downstream indexers."),
+                        o.dead_letter,
+                        base_args(o.dead_letter),
+                        &mut queues,
+                        &mut bindings,
+                    );
+                    bindings.push(Binding {
+                        exchange: o.exchange.clone(),
+                        queue: name,
+                        routing_key: outbound_routing_key(t, k),
+                    });
+                }
+            }
+        }
+        drop(push_queue);
+        if needs_dlx && !exchanges.iter().any(|e| &e.name == dlx) {
+            return Err(TopologyError::Invalid(format!(
+                "dead_letter_exchange {dlx} is not declared as an exchange"
+            )));
+        }
+        // Every binding must name declared things: a typo would otherwise only
+        // show up as messages silently going nowhere.
+        let ex_names: BTreeSet<&str> = exchanges.iter().map(|e| e.name.as_str()).collect();
+        let q_names: BTreeSet<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+        if q_names.len() != queues.len() {
+            return Err(TopologyError::Invalid("a queue name appears twice".into()));
+        }
+        for b in &bindings {
+            if !ex_names.contains(b.exchange.as_str()) {
+                return Err(TopologyError::Invalid(format!(
+                    "queue {} binds to undeclared exchange {}",
+                    b.queue, b.exchange
+                )));
+            }
+        }
+        for e in &exchanges {
+            if let Some(Arg::Str(ae)) = e.arguments.get("alternate-exchange") {
+                if !ex_names.contains(ae.as_str()) {
+                    return Err(TopologyError::Invalid(format!(
+                        "exchange {} names undeclared alternate exchange {ae}",
+                        e.name
+                    )));
+                }
+            }
+        }
+        Ok(Topology {
+            exchanges,
+            queues,
+            bindings,
+        })
+    }
+}
+
+fn table(args: &BTreeMap<String, Arg>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in args {
+        t.insert(k.as_str().into(), v.amqp());
+    }
+    t
+}
+
+fn exchange_kind(kind: &str) -> ExchangeKind {
+    match kind {
+        "topic" => ExchangeKind::Topic,
+        "fanout" => ExchangeKind::Fanout,
+        "headers" => ExchangeKind::Headers,
+        _ => ExchangeKind::Direct,
+    }
+}
+
+/// Parses RabbitMQ's PRECONDITION_FAILED text, e.g.
+/// `inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received the
+/// value '2000' of type 'long' but current is the value '1000' of type 'long'`.
+pub fn parse_precondition(kind: &'static str, name: &str, text: &str) -> Mismatch {
+    let between = |s: &str, start: &str, end: &str| -> Option<String> {
+        let i = s.find(start)? + start.len();
+        let j = s[i..].find(end)? + i;
+        Some(s[i..j].to_string())
+    };
+    let argument = between(text, "inequivalent arg '", "'").unwrap_or_else(|| "arguments".into());
+    let wanted = between(text, "received the value '", "'")
+        .or_else(|| between(text, "received '", "'"))
+        .or_else(|| text.contains("received none").then(|| "none".into()))
+        .unwrap_or_else(|| "(see broker message)".into());
+    let found = between(text, "but current is the value '", "'")
+        .or_else(|| between(text, "but current is '", "'"))
+        .or_else(|| text.contains("current is none").then(|| "none".into()))
+        .unwrap_or_else(|| format!("(broker said: {text})"));
+    Mismatch {
+        kind,
+        name: name.into(),
+        argument,
+        wanted,
+        found,
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub exchanges: usize,
+    pub queues: usize,
+    pub bindings: usize,
+}
+
+/// Declares everything (idempotent). A conflicting queue or exchange does not
+/// stop the others from being checked: every conflict is reported at once.
+pub async fn apply(conn: &Connection, topology: &Topology) -> Result<ApplyReport, TopologyError> {
+    let broker = |what: String| {
+        move |e: deadpool_lapin::lapin::Error| TopologyError::Broker {
+            what: what.clone(),
+            message: e.to_string(),
+        }
+    };
+    let open = || async {
+        conn.create_channel()
+            .await
+            .map_err(broker("a channel".into()))
+    };
+    let mut ch: Channel = open().await?;
+    let mut mismatches = Vec::new();
+    let mut report = ApplyReport::default();
+    let durable_ex = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for e in &topology.exchanges {
+        match ch
+            .exchange_declare(
+                e.name.as_str().into(),
+                exchange_kind(&e.kind),
+                durable_ex,
+                table(&e.arguments),
+            )
+            .await
+        {
+            Ok(()) => report.exchanges += 1,
+            Err(err) => {
+                let text = err.to_string();
+                if !text.contains("PRECONDITION_FAILED") {
+                    return Err(broker(format!("exchange {}", e.name))(err));
+                }
+                let mut m = parse_precondition("exchange", &e.name, &text);
+                if !text.contains("inequivalent arg") {
+                    m.argument = "type or durability".into();
+                    m.wanted = e.kind.clone();
+                }
+                mismatches.push(m);
+                ch = open().await?;
+            }
+        }
+    }
+    let durable_q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for q in &topology.queues {
+        match ch
+            .queue_declare(q.name.as_str().into(), durable_q, table(&q.arguments))
+            .await
+        {
+            Ok(_) => report.queues += 1,
+            Err(err) => {
+                let text = err.to_string();
+                if !text.contains("PRECONDITION_FAILED") {
+                    return Err(broker(format!("queue {}", q.name))(err));
+                }
+                mismatches.push(parse_precondition("queue", &q.name, &text));
+                ch = open().await?;
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(TopologyError::Mismatch(mismatches));
+    }
+    for b in &topology.bindings {
+        ch.queue_bind(
+            b.queue.as_str().into(),
+            b.exchange.as_str().into(),
+            b.routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker(format!("binding {} -> {}", b.exchange, b.queue)))?;
+        report.bindings += 1;
+    }
+    let _ = ch
+        .close(200, "topology applied".into())
+        .await;
+    Ok(report)
+}
+
+/// One line of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    CreateExchange(String),
+    CreateQueue(String),
+    CreateBinding(Binding),
+    Conflict(Mismatch),
+}
+
+impl Change {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Change::Conflict(_))
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::CreateExchange(n) => write!(f, "+ exchange {n}"),
+            Change::CreateQueue(n) => write!(f, "+ queue    {n}"),
+            Change::CreateBinding(b) => write!(
+                f,
+                "+ binding  {} -> {} (key {:?})",
+                b.exchange, b.queue, b.routing_key
+            ),
+            Change::Conflict(m) => write!(f, "! conflict {m}"),
+        }
+    }
+}
+
+/// Diffs the topology against the live broker (management API).
+pub async fn plan(mgmt: &Management, vhost: &str, topology: &Topology) -> anyhow::Result<Vec<Change>> {
+    let live_queues = mgmt.list(&format!("queues/{}", enc(vhost))).await?;
+    let live_exchanges = mgmt.list(&format!("exchanges/{}", enc(vhost))).await?;
+    let live_bindings = mgmt.list(&format!("bindings/{}", enc(vhost))).await?;
+    let mut changes = Vec::new();
+    let by_name = |list: &[Value], name: &str| -> Option<Value> {
+        list.iter().find(|v| v["name"] == name).cloned()
+    };
+    for e in &topology.exchanges {
+        match by_name(&live_exchanges, &e.name) {
+            None => changes.push(Change::CreateExchange(e.name.clone())),
+            Some(live) => {
+                if live["type"] != e.kind.as_str() {
+                    changes.push(Change::Conflict(Mismatch {
+                        kind: "exchange",
+                        name: e.name.clone(),
+                        argument: "type".into(),
+                        wanted: e.kind.clone(),
+                        found: live["type"].as_str().unwrap_or("?").into(),
+                    }));
+                }
+                diff_args("exchange", &e.name, &e.arguments, &live["arguments"], &mut changes);
+            }
+        }
+    }
+    for q in &topology.queues {
+        match by_name(&live_queues, &q.name) {
+            None => changes.push(Change::CreateQueue(q.name.clone())),
+            Some(live) => diff_args("queue", &q.name, &q.arguments, &live["arguments"], &mut changes),
+        }
+    }
+    let have: BTreeSet<(String, String, String)> = live_bindings
+        .iter()
+        .filter(|b| b["destination_type"] == "queue")
+        .map(|b| {
+            (
+                b["source"].as_str().unwrap_or("").to_string(),
+                b["destination"].as_str().unwrap_or("").to_string(),
+                b["routing_key"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for b in &topology.bindings {
+        if !have.contains(&(b.exchange.clone(), b.queue.clone(), b.routing_key.clone())) {
+            changes.push(Change::CreateBinding(b.clone()));
+        }
+    }
+    Ok(changes)
+}
+
+fn diff_args(
+    kind: &'static str,
+    name: &str,
+    wanted: &BTreeMap<String, Arg>,
+    live: &Value,
+    changes: &mut Vec<Change>,
+) {
+    let empty = serde_json::Map::new();
+    let live = live.as_object().unwrap_or(&empty);
+    let keys: BTreeSet<&String> = wanted.keys().chain(live.keys()).collect();
+    for key in keys {
+        let w = wanted.get(key);
+        let l = live.get(key).and_then(Arg::from_json);
+        // The broker fills in `x-queue-type` for queues declared without one.
+        if key == "x-queue-type" && w.is_none() && l == Some(Arg::Str("classic".into())) {
+            continue;
+        }
+        if w != l.as_ref() {
+            changes.push(Change::Conflict(Mismatch {
+                kind,
+                name: name.into(),
+                argument: key.clone(),
+                wanted: w.map(|a| a.to_string()).unwrap_or_else(|| "none".into()),
+                found: l.map(|a| a.to_string()).unwrap_or_else(|| "none".into()),
+            }));
+        }
+    }
+}
+
+/// URL-encodes a vhost for the management API (`/` is `%2F`).
+pub fn enc(vhost: &str) -> String {
+    vhost
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A RabbitMQ definitions document (accepted by `load_definitions` and the
+/// management UI's import) for `vhost`.
+pub fn export(topology: &Topology, vhost: &str) -> Value {
+    let args = |a: &BTreeMap<String, Arg>| serde_json::to_value(a).unwrap_or(json!({}));
+    json!({
+        "rabbit_version": "3.10.0",
+        "vhosts": [{ "name": vhost }],
+        "exchanges": topology.exchanges.iter().map(|e| json!({
+            "name": e.name, "vhost": vhost, "type": e.kind, "durable": true,
+            "auto_delete": false, "internal": false, "arguments": args(&e.arguments),
+        })).collect::<Vec<_>>(),
+        "queues": topology.queues.iter().map(|q| json!({
+            "name": q.name, "vhost": vhost, "durable": true, "auto_delete": false,
+            "arguments": args(&q.arguments),
+        })).collect::<Vec<_>>(),
+        "bindings": topology.bindings.iter().map(|b| json!({
+            "source": b.exchange, "vhost": vhost, "destination": b.queue,
+            "destination_type": "queue", "routing_key": b.routing_key, "arguments": {},
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin(config: &Config) -> Topology {
+        Topology::load(config).unwrap()
+    }
+
+    #[test]
+    fn the_builtin_file_has_the_public_names() {
+        let t = builtin(&Config::default());
+        for q in [
+            names::FAST_LANE,
+            names::BULK_LANE,
+            names::PARTITIONS,
+            names::RETRY_DELAY,
+            names::RETRY_READY,
+            names::PARKED,
+            names::UNROUTABLE,
+            "productcontent_price_tr_tr",
+            "productcontent_stock_de_de",
+            "invalidation.requests.fast.dlq",
+            "source.stock.dlq",
+        ] {
+            assert!(t.queue(q).is_some(), "missing {q}");
+        }
+        let delay = t.queue(names::RETRY_DELAY).unwrap();
+        assert_eq!(delay.arguments["x-message-ttl"], Arg::Int(600_000));
+        assert_eq!(
+            delay.arguments["x-dead-letter-routing-key"],
+            Arg::Str("ready".into())
+        );
+        let requests = t.exchanges.iter().find(|e| e.name == names::REQUESTS).unwrap();
+        assert_eq!(
+            requests.arguments["alternate-exchange"],
+            Arg::Str(names::UNROUTABLE.into())
+        );
+        // Every invalidation type is routed to exactly one lane.
+        for ty in InvalidationType::ALL {
+            let lanes = t
+                .bindings
+                .iter()
+                .filter(|b| b.exchange == names::REQUESTS && b.routing_key == ty.snake())
+                .count();
+            assert_eq!(lanes, 1, "{ty} is bound to {lanes} lanes");
+        }
+    }
+
+    #[test]
+    fn quorum_sets_delivery_limit_and_dead_lettering_explicitly() {
+        let mut c = Config::default();
+        c.topology.queue_type = Some("quorum".into());
+        let t = builtin(&c);
+        let fast = t.queue(names::FAST_LANE).unwrap();
+        assert_eq!(fast.arguments["x-queue-type"], Arg::Str("quorum".into()));
+        assert_eq!(fast.arguments["x-delivery-limit"], Arg::Int(50));
+        assert_eq!(fast.arguments["x-dead-letter-exchange"], Arg::Str(names::DLX.into()));
+        assert_eq!(fast.arguments["x-dead-letter-strategy"], Arg::Str("at-least-once".into()));
+    }
+
+    #[test]
+    fn the_retry_delay_follows_the_config() {
+        let mut c = Config::default();
+        c.retry.delay = std::time::Duration::from_secs(2);
+        let t = builtin(&c);
+        assert_eq!(
+            t.queue(names::RETRY_DELAY).unwrap().arguments["x-message-ttl"],
+            Arg::Int(2000)
+        );
+    }
+
+    #[test]
+    fn precondition_text_becomes_a_readable_mismatch() {
+        let text = "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'invalidation.retry.delay' in vhost '/': received the value '2000' of type 'long' but current is the value '600000' of type 'long'";
+        let m = parse_precondition("queue", "invalidation.retry.delay", text);
+        assert_eq!(m.argument, "x-message-ttl");
+        assert_eq!(m.wanted, "2000");
+        assert_eq!(m.found, "600000");
+        let shown = TopologyError::Mismatch(vec![m]).to_string();
+        assert!(shown.contains("queue 'invalidation.retry.delay' already exists with x-message-ttl = 600000, but the topology wants 2000"), "{shown}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Outbound batching: content ids for the same type and index key share a
+//! message, so the fast lane is not bound to one publish per request.
+//!
+//! A submission never spans two batches (callers submit at most `batch_size`
+//! ids at once), so each submitter waits on exactly one publisher confirm.
+//! A partial batch is flushed after `flush_interval`; a full one at once.
+//! Publishing runs in its own task, so confirms are pipelined.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fleet_shared::broker::{Outgoing, PublishError, Publisher};
+use fleet_shared::message::{outbound_routing_key, IndexKey, InvalidationType, OutboundBatch, CURRENT_VERSION};
+use fleet_shared::telemetry;
+use fleet_shared::topology::names;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Where a submission's ids go and where they come from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub invalidation_type: InvalidationType,
+    pub index_key: IndexKey,
+    pub request_id: String,
+    pub invalidation_time: i64,
+}
+
+struct Submit {
+    origin: Origin,
+    ids: Vec<i64>,
+    done: oneshot::Sender<Result<(), PublishError>>,
+}
+
+/// A handle to the batching task; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Submit>,
+    batch_size: usize,
+}
+
+/// Resolves when the ids of one submission are confirmed by the broker.
+pub type Confirm = oneshot::Receiver<Result<(), PublishError>>;
+
+impl Batcher {
+    /// Starts the batching task; it ends when every handle is dropped, after
+    /// flushing what it holds.
+    pub fn start(publisher: Publisher, worker: String, batch_size: usize, flush_interval: Duration) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(run(rx, publisher, worker, batch_size, flush_interval));
+        Self { tx, batch_size }
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Queues at most `batch_size` ids; the receiver resolves once they are confirmed.
+    pub async fn submit(&self, origin: Origin, ids: Vec<i64>) -> Confirm {
+        debug_assert!(ids.len() <= self.batch_size);
+        let (done, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(s)) = self.tx.send(Submit { origin, ids, done }).await {
+            let _ = s.done.send(Err(PublishError::Broker("the batcher has stopped".into())));
+        }
+        rx
+    }
+
+    /// Submits any number of ids (chunked) keeping at most `max_in_flight`
+    /// chunks unconfirmed, and waits for all of them: memory stays bounded
+    /// however many ids the stream brings.
+    pub fn sink(&self, max_in_flight: usize) -> Sink<'_> {
+        Sink {
+            batcher: self,
+            pending: FuturesUnordered::new(),
+            max_in_flight: max_in_flight.max(1),
+            submitted: 0,
+        }
+    }
+}
+
+/// See [`Batcher::sink`].
+pub struct Sink<'a> {
+    batcher: &'a Batcher,
+    pending: FuturesUnordered<Confirm>,
+    max_in_flight: usize,
+    submitted: u64,
+}
+
+impl Sink<'_> {
+    pub async fn push(&mut self, origin: &Origin, ids: &[i64]) -> Result<(), PublishError> {
+        for chunk in ids.chunks(self.batcher.batch_size) {
+            while self.pending.len() >= self.max_in_flight {
+                self.next_confirm().await?;
+            }
+            let rx = self.batcher.submit(origin.clone(), chunk.to_vec()).await;
+            self.pending.push(rx);
+            self.submitted += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn next_confirm(&mut self) -> Result<(), PublishError> {
+        match self.pending.next().await {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(PublishError::Broker("the batcher dropped a batch".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every confirm; returns how many ids were published.
+    pub async fn finish(mut self) -> Result<u64, PublishError> {
+        while !self.pending.is_empty() {
+            self.next_confirm().await?;
+        }
+        Ok(self.submitted)
+    }
+}
+
+struct Pending {
+    first: Origin,
+    request_ids: Vec<String>,
+    invalidation_time: i64,
+    ids: Vec<i64>,
+    waiters: Vec<oneshot::Sender<Result<(), PublishError>>>,
+    deadline: Instant,
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Submit>,
+    publisher: Publisher,
+    worker: String,
+    batch_size: usize,
+    flush_interval: Duration,
+) {
+    let mut pending: HashMap<(InvalidationType, IndexKey), Pending> = HashMap::new();
+    loop {
+        let next_deadline = pending.values().map(|p| p.deadline).min();
+        let sleep = async {
+            match next_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(Submit { origin, ids, done }) = msg else { break };
+                let key = (origin.invalidation_type, origin.index_key);
+                if let Some(p) = pending.get(&key) {
+                    if p.ids.len() + ids.len() > batch_size {
+                        let full = pending.remove(&key).expect("checked above");
+                        flush(&publisher, &worker, full);
+                    }
+                }
+                let p = pending.entry(key).or_insert_with(|| Pending {
+                    first: origin.clone(),
+                    request_ids: Vec::new(),
+                    invalidation_time: origin.invalidation_time,
+                    ids: Vec::with_capacity(batch_size),
+                    waiters: Vec::new(),
+                    deadline: Instant::now() + flush_interval,
+                });
+                if !p.request_ids.contains(&origin.request_id) {
+                    p.request_ids.push(origin.request_id.clone());
+                }
+                p.invalidation_time = p.invalidation_time.min(origin.invalidation_time);
+                p.ids.extend_from_slice(&ids);
+                p.waiters.push(done);
+                if p.ids.len() >= batch_size {
+                    let full = pending.remove(&key).expect("just inserted");
+                    flush(&publisher, &worker, full);
+                }
+            }
+            _ = sleep => {
+                let now = Instant::now();
+                let due: Vec<_> = pending.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();
+                for key in due {
+                    if let Some(p) = pending.remove(&key) {
+                        flush(&publisher, &worker, p);
+                    }
+                }
+            }
+        }
+    }
+    for (_, p) in pending.drain() {
+        flush(&publisher, &worker, p);
+    }
+}
+
+fn flush(publisher: &Publisher, worker: &str, p: Pending) {
+    let publisher = publisher.clone();
+    let worker = worker.to_string();
+    tokio::spawn(async move {
+        let batch = OutboundBatch {
+            v: CURRENT_VERSION,
+            request_id: p.first.request_id.clone(),
+            request_ids: if p.request_ids.len() > 1 { p.request_ids } else { Vec::new() },
+            invalidation_type: p.first.invalidation_type,
+            index_key: p.first.index_key,
+            content_ids: p.ids,
+            invalidation_time: p.invalidation_time,
+        };
+        // `unwrap`: plain data serialises.
+        let body = serde_json::to_vec(&batch).unwrap();
+        let key = outbound_routing_key(batch.invalidation_type, batch.index_key);
+        let result = publisher.publish(Outgoing::json(names::OUTBOUND, &key, &body)).await;
+        if result.is_ok() {
+            telemetry::ids_published(&worker, batch.invalidation_type.as_str(), batch.content_ids.len());
+        }
+        for w in p.waiters {
+            let _ = w.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.clone()),
+            });
+        }
+    });
+}
