@@ -22,7 +22,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_env("FLEET_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn,hyper=warn,reqwest=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,lapin::channel=off,sqlx=warn,hyper=warn,reqwest=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
