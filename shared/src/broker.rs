@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_lapin::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use deadpool_lapin::lapin::Confirmation;
 use deadpool_lapin::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use deadpool_lapin::lapin::Confirmation;
 use deadpool_lapin::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use deadpool_lapin::{Pool, Runtime};
 use tokio::sync::Mutex;
@@ -44,7 +44,10 @@ impl Identity {
 
     /// `fleet-dispatcher@host (pid 42)`.
     pub fn connection_name(&self, role: &str) -> String {
-        format!("fleet-{}@{} ({role}, pid {})", self.worker, self.host, self.pid)
+        format!(
+            "fleet-{}@{} ({role}, pid {})",
+            self.worker, self.host, self.pid
+        )
     }
 
     /// `fleet-dispatcher@host:42:invalidation.requests.fast`; unique per process and queue.
@@ -148,13 +151,20 @@ struct PublisherInner {
 
 impl Publisher {
     /// Creates the pool and checks the broker answers.
-    pub async fn connect(url: &str, identity: &Identity, confirm_timeout: Duration) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        identity: &Identity,
+        confirm_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let identity_clone = identity.clone();
         let cfg = deadpool_lapin::Config {
             url: Some(url.to_string()),
             pool: Some(deadpool_lapin::PoolConfig::new(2)),
         };
-        let pool = cfg.create_pool(move || properties(&identity_clone, "publisher"), Runtime::Tokio1)?;
+        let pool = cfg.create_pool(
+            move || properties(&identity_clone, "publisher"),
+            Runtime::Tokio1,
+        )?;
         let publisher = Self {
             inner: Arc::new(PublisherInner {
                 pool,
@@ -301,7 +311,8 @@ pub fn headers_map(table: Option<&FieldTable>) -> BTreeMap<String, String> {
 
 /// Builds a header table from a copy of `base` plus `set`.
 pub fn with_headers(base: Option<&FieldTable>, set: &[(&str, HeaderValue)]) -> FieldTable {
-    let mut map: BTreeMap<ShortString, AMQPValue> = base.map(|t| t.inner().clone()).unwrap_or_default();
+    let mut map: BTreeMap<ShortString, AMQPValue> =
+        base.map(|t| t.inner().clone()).unwrap_or_default();
     for (k, v) in set {
         let value = match v {
             HeaderValue::Text(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),

@@ -440,13 +440,10 @@ impl Config {
                     other => other.to_string(),
                 })
                 .unwrap_or_default();
-            let source_name = sources
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| match file {
-                    Some(p) => p.display().to_string(),
-                    None => "defaults".into(),
-                });
+            let source_name = sources.get(&key).cloned().unwrap_or_else(|| match file {
+                Some(p) => p.display().to_string(),
+                None => "defaults".into(),
+            });
             ConfigError::BadValue {
                 key,
                 source_name,
@@ -695,7 +692,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "[retry]\ndelai = \"2s\"\n").unwrap();
-        let err = Config::load_from(Some(&path), vars(&[])).unwrap_err().to_string();
+        let err = Config::load_from(Some(&path), vars(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("delai"), "{err}");
     }
 }

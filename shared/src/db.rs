@@ -89,7 +89,11 @@ pub struct NewTask {
 
 /// Creates the job and its tasks unless the job exists (a redelivered
 /// request), then returns the tasks not done yet, to publish.
-pub async fn create_job(pool: &PgPool, job: &NewJob, tasks: &[NewTask]) -> sqlx::Result<Vec<TaskRow>> {
+pub async fn create_job(
+    pool: &PgPool,
+    job: &NewJob,
+    tasks: &[NewTask],
+) -> sqlx::Result<Vec<TaskRow>> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, request_id, invalidation_type, index_key, parameter_name, request, total_hits, task_count)
@@ -126,10 +130,12 @@ pub async fn create_job(pool: &PgPool, job: &NewJob, tasks: &[NewTask]) -> sqlx:
 }
 
 pub async fn pending_tasks(pool: &PgPool, job: Uuid) -> sqlx::Result<Vec<TaskRow>> {
-    sqlx::query_as("SELECT * FROM job_tasks WHERE job_id = $1 AND status <> 'done' ORDER BY task_no")
-        .bind(job)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(
+        "SELECT * FROM job_tasks WHERE job_id = $1 AND status <> 'done' ORDER BY task_no",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await
 }
 
 /// Marks a task running (and counts the attempt); `false` when it is already done.
@@ -195,7 +201,11 @@ pub async fn unannounced_jobs(pool: &PgPool, older_than: Duration) -> sqlx::Resu
 
 /// Tasks not done and untouched for `older_than`; touched now so the next
 /// sweep does not take them again before they had a chance to run.
-pub async fn claim_stalled_tasks(pool: &PgPool, older_than: Duration, limit: i64) -> sqlx::Result<Vec<TaskRow>> {
+pub async fn claim_stalled_tasks(
+    pool: &PgPool,
+    older_than: Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<TaskRow>> {
     sqlx::query_as(
         "UPDATE job_tasks SET updated_at = now()
          WHERE (job_id, task_no) IN (

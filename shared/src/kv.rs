@@ -59,7 +59,12 @@ impl Kv {
     }
 
     /// Takes a lock for `ttl` unless someone holds it; returns its token.
-    pub async fn try_lock(&self, name: &str, token: &str, ttl: Duration) -> redis::RedisResult<bool> {
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
             .arg(self.key("lock", name))
@@ -73,7 +78,12 @@ impl Kv {
     }
 
     /// Extends a lock we hold; `false` when it expired or someone else holds it.
-    pub async fn extend_lock(&self, name: &str, token: &str, ttl: Duration) -> redis::RedisResult<bool> {
+    pub async fn extend_lock(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
         let script = redis::Script::new(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
@@ -103,6 +113,9 @@ impl Kv {
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
-        redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ())
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
     }
 }

@@ -47,7 +47,8 @@ pub fn decode<T: serde::de::DeserializeOwned>(
     kind: &'static str,
     body: &[u8],
 ) -> Result<T, DecodeError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
     match value.get("v") {
         None | Some(Value::Null) => {}
         Some(v) => match v.as_u64() {
@@ -344,7 +345,10 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("outbound", s(schemars::schema_for!(OutboundBatch))),
         ("partition-task", s(schemars::schema_for!(PartitionTask))),
         ("job-completed", s(schemars::schema_for!(JobCompleted))),
-        ("source-event", s(schemars::schema_for!(crate::source::SourceEvent))),
+        (
+            "source-event",
+            s(schemars::schema_for!(crate::source::SourceEvent)),
+        ),
     ]
 }
 
@@ -383,7 +387,10 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_wrong() {
-        assert_eq!(InvalidationRequest::decode(b"{nope").unwrap_err().class(), "malformed_json");
+        assert_eq!(
+            InvalidationRequest::decode(b"{nope").unwrap_err().class(),
+            "malformed_json"
+        );
         let e = InvalidationRequest::decode(
             br#"{"parameterIds": [1], "parameterName": "id", "invalidationType": "REFUND"}"#,
         )
@@ -404,7 +411,10 @@ mod tests {
             outbound_routing_key(InvalidationType::BrandCategory, IndexKey::DeDe),
             "brand_category.de_de"
         );
-        assert_eq!("brand_category".parse::<InvalidationType>(), Ok(InvalidationType::BrandCategory));
+        assert_eq!(
+            "brand_category".parse::<InvalidationType>(),
+            Ok(InvalidationType::BrandCategory)
+        );
         assert_eq!(IndexKey::for_language("en").len(), 5);
         assert_eq!(IndexKey::for_country("de"), vec![IndexKey::DeDe]);
     }

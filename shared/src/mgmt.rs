@@ -43,7 +43,11 @@ impl Management {
         format!("{}/api/{}", self.base.as_str().trim_end_matches('/'), path)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<reqwest::Response> {
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
         let res = req
             .basic_auth(&self.user, Some(&self.password))
             .send()
@@ -78,12 +82,14 @@ impl Management {
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<()> {
-        self.send(self.http.put(self.url(path)).json(body), path).await?;
+        self.send(self.http.put(self.url(path)).json(body), path)
+            .await?;
         Ok(())
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<()> {
-        self.send(self.http.post(self.url(path)).json(body), path).await?;
+        self.send(self.http.post(self.url(path)).json(body), path)
+            .await?;
         Ok(())
     }
 

@@ -24,7 +24,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{self, headers, header_i64, header_text, with_headers, HeaderValue, Identity, Outgoing, PublishError, Publisher};
+use crate::broker::{
+    self, header_i64, header_text, headers, with_headers, HeaderValue, Identity, Outgoing,
+    PublishError, Publisher,
+};
 use crate::config::Config;
 use crate::message::now_millis;
 use crate::telemetry;
@@ -168,7 +171,9 @@ impl AckOnce {
             Ok(true) => {}
             // The channel died after the work was confirmed: the broker will
             // redeliver, and the handlers are idempotent.
-            Ok(false) => tracing::warn!("Ack not delivered (channel closed); the broker will redeliver."),
+            Ok(false) => {
+                tracing::warn!("Ack not delivered (channel closed); the broker will redeliver.")
+            }
             Err(error) => tracing::warn!(%error, "Ack failed; the broker will redeliver."),
         }
     }
@@ -343,7 +348,11 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
                 }
             }
         }
-        Err(HandlerError::Transient { class, message, body }) => {
+        Err(HandlerError::Transient {
+            class,
+            message,
+            body,
+        }) => {
             tracing::warn!(worker, queue = %msg.queue, error_class = %class, error = %message, "Message failed transiently; sending it to the retry delay queue.");
             match send_to_retry(ctx, &msg, &class, &message, body).await {
                 Ok(()) => {
@@ -363,7 +372,12 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
     telemetry::message_outcome(worker, &msg.queue, outcome, started.elapsed());
 }
 
-fn error_headers(ctx: &Context, msg: &Incoming, class: &str, message: &str) -> Vec<(&'static str, HeaderValue)> {
+fn error_headers(
+    ctx: &Context,
+    msg: &Incoming,
+    class: &str,
+    message: &str,
+) -> Vec<(&'static str, HeaderValue)> {
     let mut set: Vec<(&'static str, HeaderValue)> = vec![
         (headers::ERROR_CLASS, class.into()),
         (headers::ERROR_MESSAGE, truncate(message, 1000).into()),
@@ -374,8 +388,14 @@ fn error_headers(ctx: &Context, msg: &Incoming, class: &str, message: &str) -> V
     // Keep the first origin: a message that already went through the retry
     // path must go back to where it originally came from.
     if msg.header(headers::ORIGINAL_EXCHANGE).is_none() {
-        set.push((headers::ORIGINAL_EXCHANGE, msg.delivery.exchange.as_str().into()));
-        set.push((headers::ORIGINAL_ROUTING_KEY, msg.delivery.routing_key.as_str().into()));
+        set.push((
+            headers::ORIGINAL_EXCHANGE,
+            msg.delivery.exchange.as_str().into(),
+        ));
+        set.push((
+            headers::ORIGINAL_ROUTING_KEY,
+            msg.delivery.routing_key.as_str().into(),
+        ));
     }
     set
 }
@@ -411,7 +431,12 @@ fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicProperties 
 }
 
 /// Permanent failure: the body byte-for-byte to `<queue>.dlq`, with headers that say why.
-pub async fn dead_letter(ctx: &Context, msg: &Incoming, class: &str, message: &str) -> Result<(), PublishError> {
+pub async fn dead_letter(
+    ctx: &Context,
+    msg: &Incoming,
+    class: &str,
+    message: &str,
+) -> Result<(), PublishError> {
     let set = error_headers(ctx, msg, class, message);
     let table = with_headers(msg.headers(), &set);
     let props = copy_properties(&msg.delivery.properties, table);

@@ -116,7 +116,8 @@ pub struct Search {
 
 impl Search {
     pub fn new(cfg: &SearchConfig) -> anyhow::Result<Self> {
-        let url = Url::parse(&cfg.url).map_err(|e| anyhow::anyhow!("bad SEARCH_URL {:?}: {e}", cfg.url))?;
+        let url = Url::parse(&cfg.url)
+            .map_err(|e| anyhow::anyhow!("bad SEARCH_URL {:?}: {e}", cfg.url))?;
         let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(cfg.timeout)
             .disable_proxy()
@@ -147,17 +148,35 @@ impl Search {
         })
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>, op: &'static str) -> Result<Value, SearchError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        op: &'static str,
+    ) -> Result<Value, SearchError> {
         let started = Instant::now();
         let result = self.call_inner(method, path, body).await;
         telemetry::search_latency(op, started.elapsed(), result.is_ok());
         result
     }
 
-    async fn call_inner(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, SearchError> {
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, SearchError> {
         let res = self
             .client
-            .send::<JsonBody<Value>, ()>(method, path, HeaderMap::new(), None, body.map(JsonBody::new), Some(self.cfg.timeout))
+            .send::<JsonBody<Value>, ()>(
+                method,
+                path,
+                HeaderMap::new(),
+                None,
+                body.map(JsonBody::new),
+                Some(self.cfg.timeout),
+            )
             .await
             .map_err(|e| SearchError::Unavailable(e.to_string()))?;
         let status = res.status_code();
@@ -172,14 +191,21 @@ impl Search {
         if status.as_u16() == 400 {
             Err(SearchError::Rejected(format!("{status}: {short}")))
         } else {
-            Err(SearchError::Unavailable(format!("{path}: {status}: {short}")))
+            Err(SearchError::Unavailable(format!(
+                "{path}: {status}: {short}"
+            )))
         }
     }
 
     /// Documents matching `query`.
     pub async fn count(&self, index: &str, query: &Value) -> Result<u64, SearchError> {
         let v = self
-            .call(Method::Post, &format!("/{index}/_count"), Some(json!({ "query": query })), "count")
+            .call(
+                Method::Post,
+                &format!("/{index}/_count"),
+                Some(json!({ "query": query })),
+                "count",
+            )
             .await?;
         v["count"]
             .as_u64()
@@ -188,7 +214,11 @@ impl Search {
 
     /// Documents per `searchPartition` value, sorted by key (one `terms`
     /// aggregation, size 1000).
-    pub async fn partition_histogram(&self, index: &str, query: &Value) -> Result<Vec<(i64, u64)>, SearchError> {
+    pub async fn partition_histogram(
+        &self,
+        index: &str,
+        query: &Value,
+    ) -> Result<Vec<(i64, u64)>, SearchError> {
         let body = json!({
             "size": 0,
             "track_total_hits": false,
@@ -198,11 +228,18 @@ impl Search {
             } } }
         });
         let v = self
-            .call(Method::Post, &format!("/{index}/_search"), Some(body), "histogram")
+            .call(
+                Method::Post,
+                &format!("/{index}/_search"),
+                Some(body),
+                "histogram",
+            )
             .await?;
         let buckets = v["aggregations"]["partitions"]["buckets"]
             .as_array()
-            .ok_or_else(|| SearchError::Unavailable(format!("aggregation response without buckets: {v}")))?;
+            .ok_or_else(|| {
+                SearchError::Unavailable(format!("aggregation response without buckets: {v}"))
+            })?;
         let mut out: Vec<(i64, u64)> = buckets
             .iter()
             .filter_map(|b| Some((b["key"].as_i64()?, b["doc_count"].as_u64()?)))
@@ -218,7 +255,10 @@ impl Search {
         let keep = format!("{}s", self.cfg.pit_keep_alive.as_secs().max(1));
         let (path, field) = match self.cfg.flavor {
             SearchFlavor::Elasticsearch => (format!("/{index}/_pit?keep_alive={keep}"), "id"),
-            SearchFlavor::Opensearch => (format!("/{index}/_search/point_in_time?keep_alive={keep}"), "pit_id"),
+            SearchFlavor::Opensearch => (
+                format!("/{index}/_search/point_in_time?keep_alive={keep}"),
+                "pit_id",
+            ),
         };
         match self.call(Method::Post, &path, None, "open_pit").await {
             Ok(v) => Ok(v[field].as_str().map(str::to_string)),
@@ -233,14 +273,21 @@ impl Search {
             SearchFlavor::Elasticsearch => ("/_pit", json!({ "id": pit })),
             SearchFlavor::Opensearch => ("/_search/point_in_time", json!({ "pit_id": [pit] })),
         };
-        if let Err(error) = self.call(Method::Delete, path, Some(body), "close_pit").await {
+        if let Err(error) = self
+            .call(Method::Delete, path, Some(body), "close_pit")
+            .await
+        {
             tracing::debug!(%error, "Could not close a point in time; it expires by itself.");
         }
     }
 
     /// Streams the content ids matching `query`, one page at a time, sorted by
     /// `id` with `search_after`. Memory stays at one page whatever the result size.
-    pub fn scan(&self, index: &str, query: Value) -> impl Stream<Item = Result<Vec<i64>, SearchError>> + Send + 'static {
+    pub fn scan(
+        &self,
+        index: &str,
+        query: Value,
+    ) -> impl Stream<Item = Result<Vec<i64>, SearchError>> + Send + 'static {
         let search = self.clone();
         let index = index.to_string();
         let page_size = self.cfg.page_size;
@@ -287,7 +334,9 @@ impl Search {
                     }
                     None => format!("/{index}/_search"),
                 };
-                let result = search.call(Method::Post, &path, Some(body), "scan_page").await;
+                let result = search
+                    .call(Method::Post, &path, Some(body), "scan_page")
+                    .await;
                 let v = match result {
                     Ok(v) => v,
                     Err(e) => {
@@ -303,7 +352,9 @@ impl Search {
                 let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
                 let ids: Vec<i64> = hits.iter().filter_map(|h| h["sort"][0].as_i64()).collect();
                 if ids.len() != hits.len() {
-                    return Err(SearchError::Unavailable("a hit without a numeric `id` sort value".into()));
+                    return Err(SearchError::Unavailable(
+                        "a hit without a numeric `id` sort value".into(),
+                    ));
                 }
                 if hits.len() < page_size {
                     st.done = true;
@@ -335,19 +386,40 @@ mod tests {
         let buckets = [(0, 2600), (1, 7000), (2, 500), (3, 1000), (4, 8900)];
         let g = group_partitions(&buckets, 10_000);
         // [min, 1], [2, 3], [4, max] — as half-open ranges.
-        assert_eq!(ranges(&g), vec![(None, Some(2), 9600), (Some(2), Some(4), 1500), (Some(4), None, 8900)]);
+        assert_eq!(
+            ranges(&g),
+            vec![
+                (None, Some(2), 9600),
+                (Some(2), Some(4), 1500),
+                (Some(4), None, 8900)
+            ]
+        );
     }
 
     #[test]
     fn a_single_huge_bucket_stands_alone() {
         let g = group_partitions(&[(0, 10), (1, 50_000), (2, 10)], 100);
-        assert_eq!(ranges(&g), vec![(None, Some(1), 10), (Some(1), Some(2), 50_000), (Some(2), None, 10)]);
+        assert_eq!(
+            ranges(&g),
+            vec![
+                (None, Some(1), 10),
+                (Some(1), Some(2), 50_000),
+                (Some(2), None, 10)
+            ]
+        );
     }
 
     #[test]
     fn groups_tile_the_domain_over_gaps() {
         let g = group_partitions(&[(5, 60), (17, 60), (900, 60)], 100);
-        assert_eq!(ranges(&g), vec![(None, Some(17), 60), (Some(17), Some(900), 60), (Some(900), None, 60)]);
+        assert_eq!(
+            ranges(&g),
+            vec![
+                (None, Some(17), 60),
+                (Some(17), Some(900), 60),
+                (Some(900), None, 60)
+            ]
+        );
         // Every possible value falls in exactly one group.
         for v in -5..1200 {
             let n = g
@@ -362,8 +434,14 @@ mod tests {
     fn nested_fields_get_a_nested_query() {
         let q = terms_query("listings.merchantId", &[1, 2], Some("listings"));
         assert_eq!(q["nested"]["path"], "listings");
-        assert_eq!(q["nested"]["query"]["terms"]["listings.merchantId"], json!([1, 2]));
+        assert_eq!(
+            q["nested"]["query"]["terms"]["listings.merchantId"],
+            json!([1, 2])
+        );
         let r = with_partition_range(&q, None, Some(10));
-        assert_eq!(r["bool"]["filter"][1]["range"]["searchPartition"], json!({"lt": 10}));
+        assert_eq!(
+            r["bool"]["filter"][1]["range"]["searchPartition"],
+            json!({"lt": 10})
+        );
     }
 }

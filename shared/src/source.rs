@@ -77,18 +77,31 @@ impl SourceKind {
             ids.extend(e.content_id);
             ids
         };
-        let by_content_or_listing = |t: InvalidationType| -> Result<InvalidationRequest, DecodeError> {
-            if !content_ids.is_empty() {
-                Ok(request(t, "id", content_ids.clone(), keys(&e.index_keys), e.event_time))
-            } else if let Some(listing) = e.listing_id {
-                let mut r = request(t, "listings.id", vec![listing], keys(&e.index_keys), e.event_time);
-                r.is_nested_type = true;
-                r.nested_path_name = Some("listings".into());
-                Ok(r)
-            } else {
-                Err(shape("needs `contentId`, `contentIds` or `listingId`"))
-            }
-        };
+        let by_content_or_listing =
+            |t: InvalidationType| -> Result<InvalidationRequest, DecodeError> {
+                if !content_ids.is_empty() {
+                    Ok(request(
+                        t,
+                        "id",
+                        content_ids.clone(),
+                        keys(&e.index_keys),
+                        e.event_time,
+                    ))
+                } else if let Some(listing) = e.listing_id {
+                    let mut r = request(
+                        t,
+                        "listings.id",
+                        vec![listing],
+                        keys(&e.index_keys),
+                        e.event_time,
+                    );
+                    r.is_nested_type = true;
+                    r.nested_path_name = Some("listings".into());
+                    Ok(r)
+                } else {
+                    Err(shape("needs `contentId`, `contentIds` or `listingId`"))
+                }
+            };
         match self {
             SourceKind::Price => {
                 let t = if e.scheduled {
@@ -99,14 +112,23 @@ impl SourceKind {
                 Ok(vec![by_content_or_listing(t)?])
             }
             SourceKind::Stock => {
-                let event = e.event.as_deref().ok_or_else(|| shape("needs `event` (created or updated)"))?;
+                let event = e
+                    .event
+                    .as_deref()
+                    .ok_or_else(|| shape("needs `event` (created or updated)"))?;
                 let critical = match event {
                     "created" => true,
                     "updated" => {
-                        let q = e.quantity.ok_or_else(|| shape("an update needs `quantity`"))?;
+                        let q = e
+                            .quantity
+                            .ok_or_else(|| shape("an update needs `quantity`"))?;
                         q <= critical_stock
                     }
-                    other => return Err(shape(&format!("unknown `event` {other:?}; expected created or updated"))),
+                    other => {
+                        return Err(shape(&format!(
+                            "unknown `event` {other:?}; expected created or updated"
+                        )))
+                    }
                 };
                 if critical {
                     Ok(vec![by_content_or_listing(InvalidationType::Stock)?])
@@ -123,20 +145,41 @@ impl SourceKind {
                 } else {
                     InvalidationType::Product
                 };
-                Ok(vec![request(t, "id", content_ids, keys(&e.index_keys), e.event_time)])
+                Ok(vec![request(
+                    t,
+                    "id",
+                    content_ids,
+                    keys(&e.index_keys),
+                    e.event_time,
+                )])
             }
             SourceKind::Assortment => {
-                let country = e.country.as_deref().ok_or_else(|| shape("needs `country`"))?;
+                let country = e
+                    .country
+                    .as_deref()
+                    .ok_or_else(|| shape("needs `country`"))?;
                 let country_keys = IndexKey::for_country(country);
                 if country_keys.is_empty() {
                     return Err(shape(&format!("no index key serves country {country:?}")));
                 }
                 let mut out = Vec::new();
                 if let Some(b) = e.brand_id {
-                    out.push(request(InvalidationType::Assortment, "brand.id", vec![b], country_keys.clone(), e.event_time));
+                    out.push(request(
+                        InvalidationType::Assortment,
+                        "brand.id",
+                        vec![b],
+                        country_keys.clone(),
+                        e.event_time,
+                    ));
                 }
                 if let Some(c) = e.category_id {
-                    out.push(request(InvalidationType::Assortment, "category.id", vec![c], country_keys, e.event_time));
+                    out.push(request(
+                        InvalidationType::Assortment,
+                        "category.id",
+                        vec![c],
+                        country_keys,
+                        e.event_time,
+                    ));
                 }
                 if out.is_empty() {
                     return Err(shape("needs `brandId` or `categoryId`"));
@@ -144,7 +187,10 @@ impl SourceKind {
                 Ok(out)
             }
             SourceKind::Translation => {
-                let language = e.language.as_deref().ok_or_else(|| shape("needs `language`"))?;
+                let language = e
+                    .language
+                    .as_deref()
+                    .ok_or_else(|| shape("needs `language`"))?;
                 let lang_keys = IndexKey::for_language(language);
                 if lang_keys.is_empty() {
                     return Err(shape(&format!("no index key serves language {language:?}")));
@@ -152,7 +198,13 @@ impl SourceKind {
                 if content_ids.is_empty() {
                     return Err(shape("needs `contentId` or `contentIds`"));
                 }
-                Ok(vec![request(InvalidationType::Translation, "id", content_ids, lang_keys, e.event_time)])
+                Ok(vec![request(
+                    InvalidationType::Translation,
+                    "id",
+                    content_ids,
+                    lang_keys,
+                    e.event_time,
+                )])
             }
         }
     }
@@ -252,9 +304,29 @@ mod tests {
 
     #[test]
     fn stock_updates_invalidate_only_at_or_below_the_critical_quantity() {
-        assert_eq!(go(SourceKind::Stock, r#"{"contentId": 1, "event": "updated", "quantity": 99}"#).unwrap().len(), 0);
-        assert_eq!(go(SourceKind::Stock, r#"{"contentId": 1, "event": "updated", "quantity": 3}"#).unwrap().len(), 1);
-        let r = go(SourceKind::Stock, r#"{"contentId": 1, "event": "created", "quantity": 500}"#).unwrap();
+        assert_eq!(
+            go(
+                SourceKind::Stock,
+                r#"{"contentId": 1, "event": "updated", "quantity": 99}"#
+            )
+            .unwrap()
+            .len(),
+            0
+        );
+        assert_eq!(
+            go(
+                SourceKind::Stock,
+                r#"{"contentId": 1, "event": "updated", "quantity": 3}"#
+            )
+            .unwrap()
+            .len(),
+            1
+        );
+        let r = go(
+            SourceKind::Stock,
+            r#"{"contentId": 1, "event": "created", "quantity": 500}"#,
+        )
+        .unwrap();
         assert_eq!(r[0].invalidation_type, InvalidationType::Stock);
     }
 
@@ -264,10 +336,18 @@ mod tests {
         assert_eq!(r[0].parameter_name, "listings.id");
         let r = go(SourceKind::Price, r#"{"contentId": 7, "scheduled": true}"#).unwrap();
         assert_eq!(r[0].invalidation_type, InvalidationType::Inventory);
-        let r = go(SourceKind::Assortment, r#"{"brandId": 5, "categoryId": 6, "country": "DE"}"#).unwrap();
+        let r = go(
+            SourceKind::Assortment,
+            r#"{"brandId": 5, "categoryId": 6, "country": "DE"}"#,
+        )
+        .unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].index_keys, vec![IndexKey::DeDe]);
-        let r = go(SourceKind::Translation, r#"{"contentId": 5, "language": "en"}"#).unwrap();
+        let r = go(
+            SourceKind::Translation,
+            r#"{"contentId": 5, "language": "en"}"#,
+        )
+        .unwrap();
         assert_eq!(r[0].index_keys.len(), 5);
         assert!(go(SourceKind::Translation, r#"{"contentId": 5}"#).is_err());
         assert!(go(SourceKind::Product, r#"{}"#).is_err());

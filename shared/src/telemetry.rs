@@ -22,7 +22,9 @@ use tracing_subscriber::EnvFilter;
 pub fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_env("FLEET_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,lapin::channel=off,sqlx=warn,hyper=warn,reqwest=warn"));
+        .unwrap_or_else(|_| {
+            EnvFilter::new("info,lapin=warn,lapin::channel=off,sqlx=warn,hyper=warn,reqwest=warn")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -38,11 +40,18 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Installs the Prometheus recorder once per process.
 pub fn metrics_handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let latency = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let latency = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
         let durations = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("fleet_job_duration_seconds".into()), &durations))
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("fleet_job_duration_seconds".into()),
+                    &durations,
+                )
+            })
             .expect("bucket lists are non-empty");
         match builder.install_recorder() {
             Ok(h) => h,
@@ -91,7 +100,8 @@ pub fn parked(reason: &'static str) {
 }
 
 /// A dependency check for `/healthz`.
-pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type Check =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 #[derive(Clone, Default)]
 pub struct Health {
@@ -138,16 +148,29 @@ async fn metrics_route() -> impl IntoResponse {
 
 async fn health_route(State(health): State<Health>) -> impl IntoResponse {
     let (ok, report) = health.report().await;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(serde_json::json!({"ok": ok, "checks": report})))
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({"ok": ok, "checks": report})),
+    )
 }
 
 /// Serves `/metrics` and `/healthz` on `listen` until `shutdown`; returns the bound address.
-pub async fn serve(listen: &str, health: Health, shutdown: CancellationToken) -> anyhow::Result<std::net::SocketAddr> {
+pub async fn serve(
+    listen: &str,
+    health: Health,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
     metrics_handle();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} for /metrics: {e}; set FLEET_WORKER_METRICS_LISTEN"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {listen} for /metrics: {e}; set FLEET_WORKER_METRICS_LISTEN"
+        )
+    })?;
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics_route))

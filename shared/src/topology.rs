@@ -8,15 +8,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
-use deadpool_lapin::lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use deadpool_lapin::lapin::options::{
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use deadpool_lapin::lapin::types::{AMQPValue, FieldTable};
 use deadpool_lapin::lapin::{Channel, Connection, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::mgmt::Management;
 use crate::message::{outbound_queue, outbound_routing_key, IndexKey, InvalidationType};
+use crate::mgmt::Management;
 
 /// The topology shipped with the fleet, built into the binary.
 pub const BUILTIN: &str = include_str!("../../topology/fleet.toml");
@@ -274,7 +276,9 @@ impl Topology {
         self.queues
             .iter()
             .filter(|q| {
-                q.dead_letters_of.is_some() || q.name == names::PARKED || q.name == names::UNROUTABLE
+                q.dead_letters_of.is_some()
+                    || q.name == names::PARKED
+                    || q.name == names::UNROUTABLE
             })
             .collect()
     }
@@ -324,9 +328,15 @@ impl TopologyFile {
             let mut a = BTreeMap::new();
             if quorum {
                 a.insert("x-queue-type".into(), Arg::Str("quorum".into()));
-                a.insert("x-delivery-limit".into(), Arg::Int(self.defaults.delivery_limit));
+                a.insert(
+                    "x-delivery-limit".into(),
+                    Arg::Int(self.defaults.delivery_limit),
+                );
                 if dead_letter {
-                    a.insert("x-dead-letter-strategy".into(), Arg::Str("at-least-once".into()));
+                    a.insert(
+                        "x-dead-letter-strategy".into(),
+                        Arg::Str("at-least-once".into()),
+                    );
                     a.insert("x-overflow".into(), Arg::Str("reject-publish".into()));
                 }
             }
@@ -342,7 +352,10 @@ impl TopologyFile {
             if dead_letter {
                 needs_dlx = true;
                 arguments.insert("x-dead-letter-exchange".into(), Arg::Str(dlx.clone()));
-                arguments.insert("x-dead-letter-routing-key".into(), Arg::Str(spec_name.into()));
+                arguments.insert(
+                    "x-dead-letter-routing-key".into(),
+                    Arg::Str(spec_name.into()),
+                );
                 let dlq = names::dlq(spec_name);
                 queues.push(Queue {
                     name: dlq.clone(),
@@ -385,8 +398,14 @@ impl TopologyFile {
                 args.insert("x-message-ttl".into(), Arg::Int(ms));
             }
             if let Some(to) = &q.dead_letter_to {
-                args.insert("x-dead-letter-exchange".into(), Arg::Str(to.exchange.clone()));
-                args.insert("x-dead-letter-routing-key".into(), Arg::Str(to.routing_key.clone()));
+                args.insert(
+                    "x-dead-letter-exchange".into(),
+                    Arg::Str(to.exchange.clone()),
+                );
+                args.insert(
+                    "x-dead-letter-routing-key".into(),
+                    Arg::Str(to.routing_key.clone()),
+                );
             }
             push_queue(
                 &q.name,
@@ -601,9 +620,7 @@ pub async fn apply(conn: &Connection, topology: &Topology) -> Result<ApplyReport
         .map_err(broker(format!("binding {} -> {}", b.exchange, b.queue)))?;
         report.bindings += 1;
     }
-    let _ = ch
-        .close(200, "topology applied".into())
-        .await;
+    let _ = ch.close(200, "topology applied".into()).await;
     Ok(report)
 }
 
@@ -638,7 +655,11 @@ impl fmt::Display for Change {
 }
 
 /// Diffs the topology against the live broker (management API).
-pub async fn plan(mgmt: &Management, vhost: &str, topology: &Topology) -> anyhow::Result<Vec<Change>> {
+pub async fn plan(
+    mgmt: &Management,
+    vhost: &str,
+    topology: &Topology,
+) -> anyhow::Result<Vec<Change>> {
     let live_queues = mgmt.list(&format!("queues/{}", enc(vhost))).await?;
     let live_exchanges = mgmt.list(&format!("exchanges/{}", enc(vhost))).await?;
     let live_bindings = mgmt.list(&format!("bindings/{}", enc(vhost))).await?;
@@ -659,14 +680,26 @@ pub async fn plan(mgmt: &Management, vhost: &str, topology: &Topology) -> anyhow
                         found: live["type"].as_str().unwrap_or("?").into(),
                     }));
                 }
-                diff_args("exchange", &e.name, &e.arguments, &live["arguments"], &mut changes);
+                diff_args(
+                    "exchange",
+                    &e.name,
+                    &e.arguments,
+                    &live["arguments"],
+                    &mut changes,
+                );
             }
         }
     }
     for q in &topology.queues {
         match by_name(&live_queues, &q.name) {
             None => changes.push(Change::CreateQueue(q.name.clone())),
-            Some(live) => diff_args("queue", &q.name, &q.arguments, &live["arguments"], &mut changes),
+            Some(live) => diff_args(
+                "queue",
+                &q.name,
+                &q.arguments,
+                &live["arguments"],
+                &mut changes,
+            ),
         }
     }
     let have: BTreeSet<(String, String, String)> = live_bindings
@@ -784,7 +817,11 @@ mod tests {
             delay.arguments["x-dead-letter-routing-key"],
             Arg::Str("ready".into())
         );
-        let requests = t.exchanges.iter().find(|e| e.name == names::REQUESTS).unwrap();
+        let requests = t
+            .exchanges
+            .iter()
+            .find(|e| e.name == names::REQUESTS)
+            .unwrap();
         assert_eq!(
             requests.arguments["alternate-exchange"],
             Arg::Str(names::UNROUTABLE.into())
@@ -808,8 +845,14 @@ mod tests {
         let fast = t.queue(names::FAST_LANE).unwrap();
         assert_eq!(fast.arguments["x-queue-type"], Arg::Str("quorum".into()));
         assert_eq!(fast.arguments["x-delivery-limit"], Arg::Int(50));
-        assert_eq!(fast.arguments["x-dead-letter-exchange"], Arg::Str(names::DLX.into()));
-        assert_eq!(fast.arguments["x-dead-letter-strategy"], Arg::Str("at-least-once".into()));
+        assert_eq!(
+            fast.arguments["x-dead-letter-exchange"],
+            Arg::Str(names::DLX.into())
+        );
+        assert_eq!(
+            fast.arguments["x-dead-letter-strategy"],
+            Arg::Str("at-least-once".into())
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ impl Services {
     /// Connects to what `kinds` need, in the order an operator would check them.
     pub async fn connect(config: Arc<Config>, kinds: &[WorkerKind]) -> anyhow::Result<Self> {
         let db = if kinds.iter().any(|k| k.needs_db()) {
-            Some(fleet_shared::db::connect(&config.database.url, config.database.max_connections).await?)
+            Some(
+                fleet_shared::db::connect(&config.database.url, config.database.max_connections)
+                    .await?,
+            )
         } else {
             None
         };
@@ -93,19 +96,29 @@ impl Services {
         };
         let search = if kinds.iter().any(|k| k.needs_search()) {
             let s = Search::new(&config.search)?;
-            s.check_startup().await?;
+            // A search outage is a transient failure the retry path absorbs:
+            // refusing to start would turn it into a crash loop. Say it loudly.
+            if let Err(error) = s.check_startup().await {
+                tracing::warn!(%error, "Starting without the search cluster; requests that need it will be retried.");
+            }
             Some(s)
         } else {
             None
         };
-        Ok(Self { config, db, kv, search })
+        Ok(Self {
+            config,
+            db,
+            kv,
+            search,
+        })
     }
 }
 
 /// Builds a worker's context: its own named publisher connection.
 pub async fn context(config: &Arc<Config>, worker: &str) -> anyhow::Result<Context> {
     let identity = Identity::new(worker);
-    let publisher = Publisher::connect(&config.amqp.url, &identity, config.amqp.confirm_timeout).await?;
+    let publisher =
+        Publisher::connect(&config.amqp.url, &identity, config.amqp.confirm_timeout).await?;
     Ok(Context {
         config: config.clone(),
         identity,
@@ -121,12 +134,21 @@ pub async fn apply_topology(ctx: &Context) -> anyhow::Result<topology::ApplyRepo
 }
 
 /// Runs `kinds` until `shutdown`; returns when every worker stopped.
-pub async fn run(config: Config, kinds: &[WorkerKind], shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    kinds: &[WorkerKind],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let first = context(&config, kinds.first().map(|k| k.name()).unwrap_or("fleet")).await?;
     if config.worker.apply_topology {
         let report = apply_topology(&first).await?;
-        tracing::info!(exchanges = report.exchanges, queues = report.queues, bindings = report.bindings, "Topology applied.");
+        tracing::info!(
+            exchanges = report.exchanges,
+            queues = report.queues,
+            bindings = report.bindings,
+            "Topology applied."
+        );
     }
     let services = Services::connect(config.clone(), kinds).await?;
     let mut health = Health::default();
@@ -140,7 +162,13 @@ pub async fn run(config: Config, kinds: &[WorkerKind], shutdown: CancellationTok
     if let Some(db) = services.db.clone() {
         health.add("database", move || {
             let db = db.clone();
-            async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) }
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&db)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
         });
     }
     if let Some(kv) = services.kv.clone() {
@@ -161,20 +189,38 @@ pub async fn run(config: Config, kinds: &[WorkerKind], shutdown: CancellationTok
 
     let mut tasks = JoinSet::new();
     for &kind in kinds {
-        let ctx = if kind == kinds[0] { first.clone() } else { context(&config, kind.name()).await? };
+        let ctx = if kind == kinds[0] {
+            first.clone()
+        } else {
+            context(&config, kind.name()).await?
+        };
         let s = services.clone();
         let stop = shutdown.clone();
         // `expect`s below: `Services::connect` connected what each kind needs.
         match kind {
             WorkerKind::Dispatcher => {
-                let h = Dispatcher::new(ctx.clone(), s.search.clone().expect("search"), s.db.clone().expect("db"), s.kv.clone().expect("kv"));
+                let h = Dispatcher::new(
+                    ctx.clone(),
+                    s.search.clone().expect("search"),
+                    s.db.clone().expect("db"),
+                    s.kv.clone().expect("kv"),
+                );
                 // One consumer per lane, each on its own connection and
                 // prefetch: a slow bulk request never holds up the fast lane.
-                tasks.spawn(consume(ctx.clone(), vec![names::FAST_LANE.into()], h.clone(), stop.clone()));
+                tasks.spawn(consume(
+                    ctx.clone(),
+                    vec![names::FAST_LANE.into()],
+                    h.clone(),
+                    stop.clone(),
+                ));
                 tasks.spawn(consume(ctx, vec![names::BULK_LANE.into()], h, stop));
             }
             WorkerKind::Partition => {
-                let h = PartitionWorker::new(ctx.clone(), s.search.clone().expect("search"), s.db.clone().expect("db"));
+                let h = PartitionWorker::new(
+                    ctx.clone(),
+                    s.search.clone().expect("search"),
+                    s.db.clone().expect("db"),
+                );
                 tasks.spawn(consume(ctx, vec![names::PARTITIONS.into()], h, stop));
             }
             WorkerKind::Retry => {
@@ -182,7 +228,12 @@ pub async fn run(config: Config, kinds: &[WorkerKind], shutdown: CancellationTok
                 tasks.spawn(consume(ctx, vec![names::RETRY_READY.into()], h, stop));
             }
             WorkerKind::Ingest => {
-                tasks.spawn(consume(ctx.clone(), Ingest::queues(), Ingest::new(ctx), stop));
+                tasks.spawn(consume(
+                    ctx.clone(),
+                    Ingest::queues(),
+                    Ingest::new(ctx),
+                    stop,
+                ));
             }
             WorkerKind::Sweeper => {
                 let sw = Sweeper::new(ctx, s.db.clone().expect("db"), s.kv.clone().expect("kv"));

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use fleet_shared::broker::{Outgoing, PublishError, Publisher};
-use fleet_shared::message::{outbound_routing_key, IndexKey, InvalidationType, OutboundBatch, CURRENT_VERSION};
+use fleet_shared::message::{
+    outbound_routing_key, IndexKey, InvalidationType, OutboundBatch, CURRENT_VERSION,
+};
 use fleet_shared::telemetry;
 use fleet_shared::topology::names;
 use futures::stream::FuturesUnordered;
@@ -46,7 +48,12 @@ pub type Confirm = oneshot::Receiver<Result<(), PublishError>>;
 impl Batcher {
     /// Starts the batching task; it ends when every handle is dropped, after
     /// flushing what it holds.
-    pub fn start(publisher: Publisher, worker: String, batch_size: usize, flush_interval: Duration) -> Self {
+    pub fn start(
+        publisher: Publisher,
+        worker: String,
+        batch_size: usize,
+        flush_interval: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(run(rx, publisher, worker, batch_size, flush_interval));
         Self { tx, batch_size }
@@ -61,7 +68,9 @@ impl Batcher {
         debug_assert!(ids.len() <= self.batch_size);
         let (done, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(s)) = self.tx.send(Submit { origin, ids, done }).await {
-            let _ = s.done.send(Err(PublishError::Broker("the batcher has stopped".into())));
+            let _ = s
+                .done
+                .send(Err(PublishError::Broker("the batcher has stopped".into())));
         }
         rx
     }
@@ -194,7 +203,11 @@ fn flush(publisher: &Publisher, worker: &str, p: Pending) {
         let batch = OutboundBatch {
             v: CURRENT_VERSION,
             request_id: p.first.request_id.clone(),
-            request_ids: if p.request_ids.len() > 1 { p.request_ids } else { Vec::new() },
+            request_ids: if p.request_ids.len() > 1 {
+                p.request_ids
+            } else {
+                Vec::new()
+            },
             invalidation_type: p.first.invalidation_type,
             index_key: p.first.index_key,
             content_ids: p.ids,
@@ -203,9 +216,15 @@ fn flush(publisher: &Publisher, worker: &str, p: Pending) {
         // `unwrap`: plain data serialises.
         let body = serde_json::to_vec(&batch).unwrap();
         let key = outbound_routing_key(batch.invalidation_type, batch.index_key);
-        let result = publisher.publish(Outgoing::json(names::OUTBOUND, &key, &body)).await;
+        let result = publisher
+            .publish(Outgoing::json(names::OUTBOUND, &key, &body))
+            .await;
         if result.is_ok() {
-            telemetry::ids_published(&worker, batch.invalidation_type.as_str(), batch.content_ids.len());
+            telemetry::ids_published(
+                &worker,
+                batch.invalidation_type.as_str(),
+                batch.content_ids.len(),
+            );
         }
         for w in p.waiters {
             let _ = w.send(match &result {

@@ -7,7 +7,9 @@ use fleet_shared::broker::Outgoing;
 use fleet_shared::config::{Config, FieldRule};
 use fleet_shared::db::{self, NewJob, NewTask};
 use fleet_shared::kv::Kv;
-use fleet_shared::message::{new_request_id, now_millis, IndexKey, InvalidationRequest, PartitionTask, CURRENT_VERSION};
+use fleet_shared::message::{
+    new_request_id, now_millis, IndexKey, InvalidationRequest, PartitionTask, CURRENT_VERSION,
+};
 use fleet_shared::runtime::{Classify, Context, Handler, HandlerError, Incoming};
 use fleet_shared::search::{group_partitions, terms_query, Search, SearchError};
 use fleet_shared::telemetry;
@@ -26,7 +28,10 @@ pub const REQUEST_SCOPE: &str = "request";
 const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0f_2f4e_83b1_4c59_9a51_0e2b_7d3c_11f0);
 
 pub fn job_id(request_id: &str, index_key: IndexKey) -> Uuid {
-    Uuid::new_v5(&JOB_NAMESPACE, format!("{request_id}/{index_key}").as_bytes())
+    Uuid::new_v5(
+        &JOB_NAMESPACE,
+        format!("{request_id}/{index_key}").as_bytes(),
+    )
 }
 
 pub struct Dispatcher {
@@ -47,22 +52,36 @@ pub struct Validated {
 }
 
 /// Checks a request against the configuration; every failure is permanent.
-pub fn validate(config: &Config, mut request: InvalidationRequest) -> Result<Validated, HandlerError> {
+pub fn validate(
+    config: &Config,
+    mut request: InvalidationRequest,
+) -> Result<Validated, HandlerError> {
     let d = &config.dispatcher;
     if request.parameter_ids.is_empty() {
-        return Err(HandlerError::permanent("empty_ids", "parameterIds is empty"));
+        return Err(HandlerError::permanent(
+            "empty_ids",
+            "parameterIds is empty",
+        ));
     }
     if request.parameter_ids.len() > d.max_ids {
         return Err(HandlerError::permanent(
             "too_many_ids",
-            format!("{} parameterIds; at most {} are allowed per request (dispatcher.max_ids)", request.parameter_ids.len(), d.max_ids),
+            format!(
+                "{} parameterIds; at most {} are allowed per request (dispatcher.max_ids)",
+                request.parameter_ids.len(),
+                d.max_ids
+            ),
         ));
     }
     let Some(rule) = d.fields.get(&request.parameter_name).cloned() else {
         let allowed: Vec<&str> = d.fields.keys().map(String::as_str).collect();
         return Err(HandlerError::permanent(
             "forbidden_field",
-            format!("parameterName {:?} is not on the allow-list ({})", request.parameter_name, allowed.join(", ")),
+            format!(
+                "parameterName {:?} is not on the allow-list ({})",
+                request.parameter_name,
+                allowed.join(", ")
+            ),
         ));
     };
     for k in &request.index_keys {
@@ -115,12 +134,19 @@ pub fn search_error(e: SearchError) -> HandlerError {
 
 impl Handler for Dispatcher {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
-        let request = InvalidationRequest::decode(msg.body()).map_err(|e| HandlerError::permanent(e.class(), e))?;
+        let request = InvalidationRequest::decode(msg.body())
+            .map_err(|e| HandlerError::permanent(e.class(), e))?;
         let v = validate(&self.ctx.config, request)?;
         // A retry must keep the request id generated at first sight.
         let retry_body = v.request.encode();
         let tag = |e: HandlerError| e.with_body(retry_body.clone());
-        if self.kv.is_done(REQUEST_SCOPE, &v.request_id).await.transient("redis").map_err(tag)? {
+        if self
+            .kv
+            .is_done(REQUEST_SCOPE, &v.request_id)
+            .await
+            .transient("redis")
+            .map_err(tag)?
+        {
             tracing::debug!(request_id = %v.request_id, "Request already processed; acking the duplicate.");
             return Ok(());
         }
@@ -136,7 +162,12 @@ impl Handler for Dispatcher {
 impl Dispatcher {
     pub fn new(ctx: Context, search: Search, db: PgPool, kv: Kv) -> Arc<Self> {
         let c = &ctx.config.dispatcher;
-        let batcher = Batcher::start(ctx.publisher.clone(), ctx.identity.worker.clone(), c.batch_size, c.flush_interval);
+        let batcher = Batcher::start(
+            ctx.publisher.clone(),
+            ctx.identity.worker.clone(),
+            c.batch_size,
+            c.flush_interval,
+        );
         Arc::new(Self {
             ctx,
             search,
@@ -163,7 +194,11 @@ impl Dispatcher {
         for &key in &v.index_keys {
             let index = self.search.config().index_for(key).to_string();
             let query = terms_query(&r.parameter_name, &r.parameter_ids, nested_path(&v.rule));
-            let count = self.search.count(&index, &query).await.map_err(search_error)?;
+            let count = self
+                .search
+                .count(&index, &query)
+                .await
+                .map_err(search_error)?;
             if count == 0 {
                 continue;
             }
@@ -194,8 +229,20 @@ impl Dispatcher {
 
     /// Over the split limit: histogram, groups, a job with its tasks, then one
     /// task message per group. The job is committed before the request is acked.
-    async fn split(&self, v: &Validated, key: IndexKey, index: &str, query: &serde_json::Value, count: u64, time: i64) -> Result<(), HandlerError> {
-        let buckets = self.search.partition_histogram(index, query).await.map_err(search_error)?;
+    async fn split(
+        &self,
+        v: &Validated,
+        key: IndexKey,
+        index: &str,
+        query: &serde_json::Value,
+        count: u64,
+        time: i64,
+    ) -> Result<(), HandlerError> {
+        let buckets = self
+            .search
+            .partition_histogram(index, query)
+            .await
+            .map_err(search_error)?;
         let groups = group_partitions(&buckets, self.ctx.config.dispatcher.split_limit);
         let tasks: Vec<NewTask> = groups
             .iter()
@@ -216,7 +263,9 @@ impl Dispatcher {
             request: serde_json::to_value(&stored).unwrap_or_default(),
             total_hits: count as i64,
         };
-        let pending = db::create_job(&self.db, &job, &tasks).await.transient("database")?;
+        let pending = db::create_job(&self.db, &job, &tasks)
+            .await
+            .transient("database")?;
         tracing::info!(job_id = %job.id, request_id = %v.request_id, index_key = %key, hits = count, tasks = tasks.len(), "Split a large request into partition tasks.");
         telemetry::request_split(tasks.len());
         for t in pending {

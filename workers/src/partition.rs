@@ -27,21 +27,38 @@ pub struct PartitionWorker {
 impl PartitionWorker {
     pub fn new(ctx: Context, search: Search, db: PgPool) -> Arc<Self> {
         let c = &ctx.config.dispatcher;
-        let batcher = Batcher::start(ctx.publisher.clone(), ctx.identity.worker.clone(), c.batch_size, c.flush_interval);
-        Arc::new(Self { ctx, search, db, batcher })
+        let batcher = Batcher::start(
+            ctx.publisher.clone(),
+            ctx.identity.worker.clone(),
+            c.batch_size,
+            c.flush_interval,
+        );
+        Arc::new(Self {
+            ctx,
+            search,
+            db,
+            batcher,
+        })
     }
 }
 
 impl Handler for PartitionWorker {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
-        let task = PartitionTask::decode(msg.body()).map_err(|e| HandlerError::permanent(e.class(), e))?;
+        let task =
+            PartitionTask::decode(msg.body()).map_err(|e| HandlerError::permanent(e.class(), e))?;
         let Some(rule) = self.ctx.config.dispatcher.fields.get(&task.parameter_name) else {
             return Err(HandlerError::permanent(
                 "forbidden_field",
-                format!("parameterName {:?} is not on the allow-list", task.parameter_name),
+                format!(
+                    "parameterName {:?} is not on the allow-list",
+                    task.parameter_name
+                ),
             ));
         };
-        if !db::start_task(&self.db, task.job_id, task.task_no).await.transient("database")? {
+        if !db::start_task(&self.db, task.job_id, task.task_no)
+            .await
+            .transient("database")?
+        {
             tracing::debug!(job_id = %task.job_id, task_no = task.task_no, "Task already done; acking the duplicate.");
             return Ok(());
         }
@@ -57,15 +74,23 @@ impl Handler for PartitionWorker {
             request_id: task.request_id.clone(),
             invalidation_time: task.invalidation_time,
         };
-        let mut sink = self.batcher.sink(self.ctx.config.partition.max_in_flight_batches);
+        let mut sink = self
+            .batcher
+            .sink(self.ctx.config.partition.max_in_flight_batches);
         let mut pages = std::pin::pin!(self.search.scan(&index, query));
         while let Some(page) = pages.next().await {
             sink.push(&origin, &page.map_err(search_error)?).await?;
         }
         let hits = sink.finish().await?;
         telemetry::partition_hits(hits);
-        if db::finish_task(&self.db, task.job_id, task.task_no, hits as i64).await.transient("database")? {
-            if let Some(job) = db::complete_job_if_done(&self.db, task.job_id).await.transient("database")? {
+        if db::finish_task(&self.db, task.job_id, task.task_no, hits as i64)
+            .await
+            .transient("database")?
+        {
+            if let Some(job) = db::complete_job_if_done(&self.db, task.job_id)
+                .await
+                .transient("database")?
+            {
                 announce(&self.ctx, &self.db, &job).await?;
             }
         }
@@ -86,8 +111,14 @@ pub async fn announce(ctx: &Context, pool: &PgPool, job: &JobRow) -> Result<(), 
         v: CURRENT_VERSION,
         job_id: job.id,
         request_id: job.request_id.clone(),
-        invalidation_type: job.invalidation_type.parse().map_err(|e: String| HandlerError::permanent("invalid_job", e))?,
-        index_key: job.index_key.parse().map_err(|e: String| HandlerError::permanent("invalid_job", e))?,
+        invalidation_type: job
+            .invalidation_type
+            .parse()
+            .map_err(|e: String| HandlerError::permanent("invalid_job", e))?,
+        index_key: job
+            .index_key
+            .parse()
+            .map_err(|e: String| HandlerError::permanent("invalid_job", e))?,
         tasks: job.task_count,
         hits,
         created_at: job.created_at.timestamp_millis(),
@@ -96,9 +127,13 @@ pub async fn announce(ctx: &Context, pool: &PgPool, job: &JobRow) -> Result<(), 
     // `unwrap`: plain data serialises.
     let body = serde_json::to_vec(&event).unwrap();
     let mut msg = Outgoing::json(names::EVENTS, names::JOB_COMPLETED, &body);
-    msg.properties = msg.properties.with_message_id(format!("job.completed/{}", job.id).into());
+    msg.properties = msg
+        .properties
+        .with_message_id(format!("job.completed/{}", job.id).into());
     ctx.publisher.publish(msg).await?;
-    db::mark_event_published(pool, job.id).await.transient("database")?;
+    db::mark_event_published(pool, job.id)
+        .await
+        .transient("database")?;
     let took = (completed - job.created_at).to_std().unwrap_or_default();
     telemetry::job_completed(took);
     tracing::info!(job_id = %job.id, request_id = %job.request_id, hits, tasks = job.task_count, "Job completed.");
@@ -106,10 +141,18 @@ pub async fn announce(ctx: &Context, pool: &PgPool, job: &JobRow) -> Result<(), 
 }
 
 /// Re-publishes the tasks of a job that are not done (sweeper and `jobs resume`).
-pub async fn republish_pending(ctx: &Context, job: &JobRow, tasks: &[db::TaskRow]) -> Result<usize, HandlerError> {
+pub async fn republish_pending(
+    ctx: &Context,
+    job: &JobRow,
+    tasks: &[db::TaskRow],
+) -> Result<usize, HandlerError> {
     let request: fleet_shared::message::InvalidationRequest =
-        serde_json::from_value(job.request.clone()).map_err(|e| HandlerError::permanent("invalid_job", e))?;
-    let index_key = job.index_key.parse().map_err(|e: String| HandlerError::permanent("invalid_job", e))?;
+        serde_json::from_value(job.request.clone())
+            .map_err(|e| HandlerError::permanent("invalid_job", e))?;
+    let index_key = job
+        .index_key
+        .parse()
+        .map_err(|e: String| HandlerError::permanent("invalid_job", e))?;
     let mut n = 0;
     for t in tasks.iter().filter(|t| t.status != "done") {
         let task = PartitionTask {
@@ -123,7 +166,9 @@ pub async fn republish_pending(ctx: &Context, job: &JobRow, tasks: &[db::TaskRow
             parameter_ids: request.parameter_ids.clone(),
             partition_from: t.partition_from,
             partition_to: t.partition_to,
-            invalidation_time: request.invalidation_time.unwrap_or_else(|| job.created_at.timestamp_millis()),
+            invalidation_time: request
+                .invalidation_time
+                .unwrap_or_else(|| job.created_at.timestamp_millis()),
         };
         crate::dispatcher::publish_task(ctx, &task).await?;
         n += 1;

@@ -25,7 +25,10 @@ use sqlx::PgPool;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Retry,
-    Park { reason: &'static str, detail: String },
+    Park {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 /// `now - invalidation_time <= window` and under the attempt cap: retry; else park.
@@ -69,7 +72,10 @@ fn invalidation_time(msg: &Incoming) -> Option<i64> {
     serde_json::from_slice::<serde_json::Value>(msg.body())
         .ok()
         .and_then(|v| v.get("invalidationTime").and_then(|t| t.as_i64()))
-        .or_else(|| msg.header(headers::FIRST_FAILURE).and_then(|t| t.parse().ok()))
+        .or_else(|| {
+            msg.header(headers::FIRST_FAILURE)
+                .and_then(|t| t.parse().ok())
+        })
 }
 
 impl Handler for RetryHandler {
@@ -83,7 +89,10 @@ impl Handler for RetryHandler {
                 "no x-original-exchange / x-original-routing-key header: cannot tell where to send it back",
             ));
         };
-        let attempts = msg.header(headers::ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(1);
+        let attempts = msg
+            .header(headers::ATTEMPTS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
         let now = now_millis();
         let time = invalidation_time(msg).unwrap_or(now);
         match decide(now, time, attempts, &self.ctx.config.retry) {
@@ -103,7 +112,8 @@ impl Handler for RetryHandler {
                 Ok(())
             }
             Decision::Park { reason, detail } => {
-                let headers_json = serde_json::to_value(headers_map(msg.headers())).unwrap_or_default();
+                let headers_json =
+                    serde_json::to_value(headers_map(msg.headers())).unwrap_or_default();
                 let parked = Parked {
                     message_key: message_key(msg, time, attempts),
                     reason: format!("{reason}: {detail}"),
@@ -115,7 +125,13 @@ impl Handler for RetryHandler {
                     body: msg.body().to_vec(),
                 };
                 db::park(&self.db, &parked).await.transient("database")?;
-                let table = with_headers(msg.headers(), &[(headers::PARK_REASON, HeaderValue::from(parked.reason.clone()))]);
+                let table = with_headers(
+                    msg.headers(),
+                    &[(
+                        headers::PARK_REASON,
+                        HeaderValue::from(parked.reason.clone()),
+                    )],
+                );
                 let props = msg.delivery.properties.clone().with_headers(table);
                 self.ctx
                     .publisher
@@ -161,13 +177,25 @@ mod tests {
     fn retries_inside_the_window_and_parks_outside() {
         let now = 10_000_000_000;
         assert_eq!(decide(now, now - 7_200_000, 3, &cfg(None)), Decision::Retry);
-        assert!(matches!(decide(now, now - 7_200_001, 3, &cfg(None)), Decision::Park { reason: "retry_window_exceeded", .. }));
+        assert!(matches!(
+            decide(now, now - 7_200_001, 3, &cfg(None)),
+            Decision::Park {
+                reason: "retry_window_exceeded",
+                ..
+            }
+        ));
     }
 
     #[test]
     fn the_attempt_cap_parks_early() {
         let now = 10_000_000_000;
         assert_eq!(decide(now, now, 2, &cfg(Some(3))), Decision::Retry);
-        assert!(matches!(decide(now, now, 3, &cfg(Some(3))), Decision::Park { reason: "max_attempts_reached", .. }));
+        assert!(matches!(
+            decide(now, now, 3, &cfg(Some(3))),
+            Decision::Park {
+                reason: "max_attempts_reached",
+                ..
+            }
+        ));
     }
 }

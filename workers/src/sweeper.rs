@@ -53,12 +53,15 @@ impl Sweeper {
         let mut sweep = Sweep::default();
         let stall = self.ctx.config.sweeper.stall_after;
         let stalled = db::claim_stalled_tasks(&self.db, stall, 500).await?;
-        let mut by_job: std::collections::BTreeMap<uuid::Uuid, Vec<db::TaskRow>> = Default::default();
+        let mut by_job: std::collections::BTreeMap<uuid::Uuid, Vec<db::TaskRow>> =
+            Default::default();
         for t in stalled {
             by_job.entry(t.job_id).or_default().push(t);
         }
         for (job_id, tasks) in by_job {
-            let Some(job) = db::job(&self.db, job_id).await? else { continue };
+            let Some(job) = db::job(&self.db, job_id).await? else {
+                continue;
+            };
             let n = republish_pending(&self.ctx, &job, &tasks)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -66,7 +69,9 @@ impl Sweeper {
             sweep.tasks_republished += n;
         }
         for job in db::unannounced_jobs(&self.db, stall).await? {
-            announce(&self.ctx, &self.db, &job).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            announce(&self.ctx, &self.db, &job)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             sweep.events_published += 1;
         }
         Ok(Some(sweep))

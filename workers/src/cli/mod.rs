@@ -11,7 +11,8 @@ use crate::app::{self, WorkerKind};
 
 pub mod topology;
 
-const ABOUT: &str = "The content-invalidation worker fleet: turns invalidation requests into batches of \
+const ABOUT: &str =
+    "The content-invalidation worker fleet: turns invalidation requests into batches of \
 content ids on per-type, per-locale queues, splits huge queries by searchPartition, retries \
 failures through a delay queue, and lets operators replay what did not go through.";
 
@@ -127,7 +128,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = g.config()?;
-            let kinds: Vec<WorkerKind> = if args.all { WorkerKind::ALL.to_vec() } else { dedup(args.workers) };
+            let kinds: Vec<WorkerKind> = if args.all {
+                WorkerKind::ALL.to_vec()
+            } else {
+                dedup(args.workers)
+            };
             let shutdown = CancellationToken::new();
             app::cancel_on_signals(shutdown.clone());
             app::run(config, &kinds, shutdown).await?;
@@ -143,7 +148,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
-                    anyhow::bail!("unknown message kind {kind:?}; try one of: {}", names.join(", "))
+                    anyhow::bail!(
+                        "unknown message kind {kind:?}; try one of: {}",
+                        names.join(", ")
+                    )
                 }
             }
         }

@@ -39,7 +39,10 @@ pub async fn run(config: &Config, cmd: TopologyCommand) -> anyhow::Result<ExitCo
                 println!("{c}");
             }
             let conflicts = changes.iter().filter(|c| c.is_conflict()).count();
-            println!("\n{} to create, {conflicts} conflict(s) in vhost {vhost:?}.", changes.len() - conflicts);
+            println!(
+                "\n{} to create, {conflicts} conflict(s) in vhost {vhost:?}.",
+                changes.len() - conflicts
+            );
             if conflicts > 0 {
                 println!("Conflicts cannot be applied: a queue's arguments cannot change in place. Drain and delete the queue, or change the topology file.");
                 return Ok(ExitCode::from(2));
@@ -49,12 +52,21 @@ pub async fn run(config: &Config, cmd: TopologyCommand) -> anyhow::Result<ExitCo
         TopologyCommand::Apply => {
             let ctx = crate::app::context(&std::sync::Arc::new(config.clone()), "cli").await?;
             let r = crate::app::apply_topology(&ctx).await?;
-            println!("Applied: {} exchanges, {} queues, {} bindings (vhost {:?}).", r.exchanges, r.queues, r.bindings, vhost_of(&config.amqp.url));
+            println!(
+                "Applied: {} exchanges, {} queues, {} bindings (vhost {:?}).",
+                r.exchanges,
+                r.queues,
+                r.bindings,
+                vhost_of(&config.amqp.url)
+            );
             Ok(ExitCode::SUCCESS)
         }
         TopologyCommand::Export { vhost } => {
             let vhost = vhost.unwrap_or_else(|| vhost_of(&config.amqp.url));
-            println!("{}", serde_json::to_string_pretty(&topology::export(&topo, &vhost))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&topology::export(&topo, &vhost))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         TopologyCommand::Describe => {
