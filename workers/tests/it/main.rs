@@ -2,4 +2,5 @@
 
 mod common;
 mod failures;
+mod pipeline;
 mod topology;

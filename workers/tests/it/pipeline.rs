@@ -1,0 +1,474 @@
+//! The invalidation pipeline end to end: dispatcher, split, partition
+//! workers, jobs, ingest — against RabbitMQ, PostgreSQL, Redis and osmem-server.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fleet_shared::db;
+use fleet_shared::message::{IndexKey, InvalidationType, JobCompleted};
+use fleet_shared::topology::names;
+use fleet_workers::app::WorkerKind;
+use fleet_workers::catalogue::{self, Spec};
+use fleet_workers::dispatcher::job_id;
+
+use crate::common::*;
+
+async fn env_with_catalogue(tweak: impl FnOnce(&mut fleet_shared::config::Config)) -> TestEnv {
+    let url = catalogue_clone().await;
+    TestEnv::with(|c| {
+        c.search.url = url;
+        tweak(c);
+    })
+    .await
+}
+
+fn request(t: &str, field: &str, ids: &[i64], keys: &[&str], request_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "v": 1, "requestId": request_id, "parameterIds": ids, "parameterName": field,
+        "invalidationType": t, "indexKeys": keys,
+    }))
+    .unwrap()
+}
+
+/// Every job.completed event so far, by job id.
+async fn completion_events(env: &TestEnv) -> Vec<JobCompleted> {
+    env.take(names::EVENTS_LOG, 0, Duration::ZERO)
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.body).expect("events decode"))
+        .collect()
+}
+
+/// Checks a job's tasks: none over the limit unless it covers a single
+/// `searchPartition` value, and the ranges tile the domain.
+async fn check_job(pool: &sqlx::PgPool, id: uuid::Uuid, limit: i64) -> db::JobRow {
+    let job = db::job(pool, id).await.unwrap().expect("job exists");
+    let tasks = db::tasks(pool, id).await.unwrap();
+    assert_eq!(tasks.len() as i32, job.task_count);
+    assert!(tasks.len() > 1, "a request over the limit is split");
+    assert_eq!(
+        tasks.first().unwrap().partition_from,
+        None,
+        "the first range starts at the minimum"
+    );
+    assert_eq!(
+        tasks.last().unwrap().partition_to,
+        None,
+        "the last range is open-ended"
+    );
+    for pair in tasks.windows(2) {
+        assert_eq!(
+            pair[0].partition_to, pair[1].partition_from,
+            "ranges tile without gaps or overlaps"
+        );
+    }
+    for t in &tasks {
+        let single_value = t
+            .partition_to
+            .zip(t.partition_from)
+            .is_some_and(|(to, from)| to - from == 1);
+        assert!(
+            t.expected_hits <= limit || single_value,
+            "task {} holds {} > {limit}",
+            t.task_no,
+            t.expected_hits
+        );
+        assert_eq!(t.status, "done");
+        assert_eq!(
+            t.hits,
+            Some(t.expected_hits),
+            "the catalogue did not change, so hits match the histogram"
+        );
+    }
+    job
+}
+
+#[tokio::test]
+async fn a_split_request_delivers_exactly_the_ids_of_the_unsplit_query() {
+    let env = env_with_catalogue(|_| {}).await;
+    let fleet = env.start(&[WorkerKind::Dispatcher, WorkerKind::Partition]);
+    // Skewed data: the biggest brand, in two index keys (two indices).
+    let expected = expected_ids(|d| d.brand.id == 1);
+    assert!(
+        expected.len() > 3 * 400,
+        "the test needs a brand far over the split limit, has {}",
+        expected.len()
+    );
+    env.publish(
+        names::REQUESTS,
+        "assortment",
+        &request("ASSORTMENT", "brand.id", &[1], &["trTR", "deDE"], "split-1"),
+    )
+    .await;
+    for queue in [
+        "productcontent_assortment_tr_tr",
+        "productcontent_assortment_de_de",
+    ] {
+        let (ids, batches) = env
+            .collect_ids(queue, expected.len(), Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            ids, expected,
+            "{queue}: delivered ids differ from the unsplit query"
+        );
+        assert!(
+            batches.iter().all(|b| b.content_ids.len() <= 100),
+            "batches respect batch_size"
+        );
+        assert!(batches.iter().all(|b| b.request_id == "split-1"));
+    }
+    let pool = env.db().await;
+    for key in [IndexKey::TrTr, IndexKey::DeDe] {
+        let id = job_id("split-1", key);
+        let job = eventually(Duration::from_secs(20), "the job to complete", || async {
+            db::job(&pool, id)
+                .await
+                .unwrap()
+                .filter(|j| j.state == "completed")
+        })
+        .await;
+        assert_eq!(job.total_hits as usize, expected.len());
+        check_job(&pool, id, 400).await;
+    }
+    let events = eventually(Duration::from_secs(10), "two completion events", || async {
+        let e = completion_events(&env).await;
+        (e.len() >= 2).then_some(e)
+    })
+    .await;
+    assert_eq!(events.len(), 2);
+    assert!(events
+        .iter()
+        .all(|e| e.hits as usize == expected.len() && e.request_id == "split-1"));
+    fleet.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn uniform_and_nested_splits_are_exact_too() {
+    let env = env_with_catalogue(|_| {}).await;
+    let fleet = env.start(&[WorkerKind::Dispatcher, WorkerKind::Partition]);
+    // Uniform: every supplier, so every document, spread evenly over searchPartition.
+    let all_suppliers: Vec<i64> = (1..=800).collect();
+    env.publish(
+        names::REQUESTS,
+        "supplier",
+        &request(
+            "SUPPLIER",
+            "supplier.id",
+            &all_suppliers,
+            &["enAT"],
+            "uniform-1",
+        ),
+    )
+    .await;
+    // Nested: a merchant's listings.
+    env.publish(
+        names::REQUESTS,
+        "promotion",
+        &request(
+            "PROMOTION",
+            "listings.merchantId",
+            &[1, 2],
+            &["trTR"],
+            "nested-1",
+        ),
+    )
+    .await;
+
+    let uniform = expected_ids(|_| true);
+    let (ids, _) = env
+        .collect_ids(
+            "productcontent_supplier_en_at",
+            uniform.len(),
+            Duration::from_secs(90),
+        )
+        .await;
+    assert_eq!(ids, uniform);
+    let nested = expected_ids(|d| {
+        d.listings
+            .iter()
+            .any(|l| l.merchant_id == 1 || l.merchant_id == 2)
+    });
+    assert!(nested.len() > 400, "needs a split, has {}", nested.len());
+    let (ids, _) = env
+        .collect_ids(
+            "productcontent_promotion_tr_tr",
+            nested.len(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(ids, nested);
+
+    let pool = env.db().await;
+    for (rid, key) in [("uniform-1", IndexKey::EnAt), ("nested-1", IndexKey::TrTr)] {
+        let id = job_id(rid, key);
+        eventually(Duration::from_secs(20), "the job to complete", || async {
+            db::job(&pool, id)
+                .await
+                .unwrap()
+                .filter(|j| j.state == "completed")
+        })
+        .await;
+        check_job(&pool, id, 400).await;
+    }
+    fleet.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn small_requests_resolve_in_place_and_share_batches() {
+    let env =
+        env_with_catalogue(|c| c.dispatcher.flush_interval = Duration::from_millis(300)).await;
+    let fleet = env.start(&[WorkerKind::Dispatcher]);
+    // Under the limit: resolved without a job.
+    let small = expected_ids(|d| d.category.id == 60);
+    assert!(!small.is_empty() && small.len() <= 400);
+    env.publish(
+        names::REQUESTS,
+        "product",
+        &request("PRODUCT", "category.id", &[60], &["trTR"], "small-1"),
+    )
+    .await;
+    let (ids, _) = env
+        .collect_ids(
+            "productcontent_product_tr_tr",
+            small.len(),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(ids, small);
+    assert!(db::job(&env.db().await, job_id("small-1", IndexKey::TrTr))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Many one-id requests for the same type and locale share outbound messages.
+    for i in 0..40 {
+        env.publish(
+            names::REQUESTS,
+            "price",
+            &request("PRICE", "id", &[10_000 + i], &["deDE"], &format!("p{i}")),
+        )
+        .await;
+    }
+    let (ids, batches) = env
+        .collect_ids("productcontent_price_de_de", 40, Duration::from_secs(30))
+        .await;
+    assert_eq!(ids, (10_000..10_040).collect::<BTreeSet<i64>>());
+    assert!(
+        batches.len() < 20,
+        "40 requests took {} outbound messages",
+        batches.len()
+    );
+    assert!(
+        batches.iter().any(|b| b.request_ids.len() > 1),
+        "a shared batch names its requests"
+    );
+    fleet.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_completes_once_even_when_task_messages_are_delivered_twice() {
+    let env = env_with_catalogue(|_| {}).await;
+    let dispatcher = env.start(&[WorkerKind::Dispatcher]);
+    env.publish(
+        names::REQUESTS,
+        "assortment",
+        &request("ASSORTMENT", "category.id", &[1], &["trTR"], "dup-1"),
+    )
+    .await;
+    let pool = env.db().await;
+    let id = job_id("dup-1", IndexKey::TrTr);
+    let job = eventually(Duration::from_secs(20), "the job to exist", || async {
+        db::job(&pool, id).await.unwrap()
+    })
+    .await;
+    dispatcher.stop().await.unwrap();
+    // Every task message twice.
+    let tasks = env
+        .take(
+            names::PARTITIONS,
+            job.task_count as usize,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(tasks.len() as i32, job.task_count);
+    for t in tasks.iter().chain(tasks.iter()) {
+        env.publish(names::PARTITIONS, names::PARTITION_KEY, &t.body)
+            .await;
+    }
+    // The same request redelivered is a no-op too.
+    env.publish(
+        names::REQUESTS,
+        "assortment",
+        &request("ASSORTMENT", "category.id", &[1], &["trTR"], "dup-1"),
+    )
+    .await;
+    let fleet = env.start(&[
+        WorkerKind::Dispatcher,
+        WorkerKind::Partition,
+        WorkerKind::Partition,
+    ]);
+    let expected = expected_ids(|d| d.category.id == 1);
+    let (ids, _) = env
+        .collect_ids(
+            "productcontent_assortment_tr_tr",
+            expected.len(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(ids, expected);
+    eventually(Duration::from_secs(20), "the job to complete", || async {
+        db::job(&pool, id)
+            .await
+            .unwrap()
+            .filter(|j| j.state == "completed")
+    })
+    .await;
+    // Let every duplicate drain, then count completion events.
+    eventually(
+        Duration::from_secs(20),
+        "the partition queue to drain",
+        || async { (env.depth(names::PARTITIONS).await == 0).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events: Vec<_> = completion_events(&env)
+        .await
+        .into_iter()
+        .filter(|e| e.job_id == id)
+        .collect();
+    assert_eq!(events.len(), 1, "exactly one completion event");
+    assert_eq!(
+        db::job(&pool, id).await.unwrap().unwrap().task_count,
+        job.task_count,
+        "no second job"
+    );
+    fleet.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_search_outage_goes_through_the_retry_path_and_completes_when_search_returns() {
+    // A private search server we can take away and bring back on the same port.
+    let spec = Spec {
+        docs: 1500,
+        ..Spec::default()
+    };
+    let dir = std::env::temp_dir().join(format!("fleet-outage-{}", uuid::Uuid::new_v4()));
+    catalogue::write_seed_dir(&dir, &["content_tr"], &spec).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = Osmem::start(Some(&dir), &addr).await;
+    let env = TestEnv::with(|c| {
+        c.search.url = server.url.clone();
+        c.retry.delay = Duration::from_secs(2);
+        c.retry.window = Duration::from_secs(120);
+    })
+    .await;
+    let fleet = env.start(&[
+        WorkerKind::Dispatcher,
+        WorkerKind::Partition,
+        WorkerKind::Retry,
+    ]);
+    server.kill().await;
+
+    env.publish(
+        names::REQUESTS,
+        "price",
+        &request("PRICE", "brand.id", &[1, 2], &["trTR"], "outage-1"),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the request to wait in the retry delay queue",
+        || async { (env.depth(names::RETRY_DELAY).await >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(env.depth("productcontent_price_tr_tr").await, 0);
+
+    let server = Osmem::start(Some(&dir), &addr).await;
+    let expected: BTreeSet<i64> = catalogue::documents(&spec)
+        .filter(|d| d.brand.id <= 2)
+        .map(|d| d.id)
+        .collect();
+    let (ids, _) = env
+        .collect_ids(
+            "productcontent_price_tr_tr",
+            expected.len(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(
+        ids, expected,
+        "every id arrives once the search server is back"
+    );
+    assert_eq!(env.depth(&names::dlq(names::FAST_LANE)).await, 0);
+    assert_eq!(env.depth(names::PARKED).await, 0);
+    fleet.stop().await.unwrap();
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn ingest_turns_source_events_into_requests_on_the_right_lane() {
+    let env = env_with_catalogue(|_| {}).await;
+    let fleet = env.start(&[WorkerKind::Ingest, WorkerKind::Dispatcher]);
+    // Not critical: no invalidation.
+    env.publish(
+        "source.stock",
+        "",
+        br#"{"contentId": 7, "event": "updated", "quantity": 40}"#,
+    )
+    .await;
+    // Critical: invalidates.
+    env.publish(
+        "source.stock",
+        "",
+        br#"{"contentId": 8, "event": "updated", "quantity": 2, "indexKeys": ["deDE"]}"#,
+    )
+    .await;
+    // Assortment of a brand in Germany: goes to the bulk lane, resolves by brand.
+    env.publish(
+        "source.assortment",
+        "",
+        br#"{"brandId": 60, "country": "DE"}"#,
+    )
+    .await;
+    // Broken event: dead-lettered with its reason.
+    env.publish("source.translation", "", br#"{"contentId": 9}"#)
+        .await;
+
+    let (ids, batches) = env
+        .collect_ids("productcontent_stock_de_de", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(ids, BTreeSet::from([8]));
+    assert_eq!(batches[0].invalidation_type, InvalidationType::Stock);
+    let brand = expected_ids(|d| d.brand.id == 60);
+    let (ids, _) = env
+        .collect_ids(
+            "productcontent_assortment_de_de",
+            brand.len(),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(ids, brand);
+    let dead = env
+        .take("source.translation.dlq", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert!(header(&dead[0], "x-error-message").contains("language"));
+    // Give a non-critical update time to (wrongly) show up anywhere.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for key in ["tr_tr", "de_de", "en_at"] {
+        let (ids, _) = env
+            .collect_ids(&format!("productcontent_stock_{key}"), 0, Duration::ZERO)
+            .await;
+        assert!(
+            !ids.contains(&7),
+            "a non-critical stock update must not invalidate"
+        );
+    }
+    fleet.stop().await.unwrap();
+}
