@@ -100,6 +100,9 @@ pub struct QueueSpec {
     /// A config key (`retry.delay`) or a number of milliseconds.
     #[serde(default)]
     pub message_ttl: Option<toml::Value>,
+    /// `x-max-length`: keep only the newest N messages (for queues nobody must drain).
+    #[serde(default)]
+    pub max_length: Option<i64>,
     #[serde(default)]
     pub purpose: String,
     #[serde(default)]
@@ -396,6 +399,9 @@ impl TopologyFile {
                     }
                 };
                 args.insert("x-message-ttl".into(), Arg::Int(ms));
+            }
+            if let Some(n) = q.max_length {
+                args.insert("x-max-length".into(), Arg::Int(n));
             }
             if let Some(to) = &q.dead_letter_to {
                 args.insert(
