@@ -472,3 +472,56 @@ async fn ingest_turns_source_events_into_requests_on_the_right_lane() {
     }
     fleet.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn one_sweeper_at_a_time_republishes_stalled_tasks_and_the_job_completes() {
+    use fleet_workers::sweeper::Sweeper;
+    let env = env_with_catalogue(|c| c.sweeper.stall_after = Duration::from_millis(300)).await;
+    let pool = env.db().await;
+    // A job whose task messages were lost (never published), as after a crash.
+    let request = serde_json::json!({
+        "v": 1, "requestId": "stalled-1", "parameterIds": [3], "parameterName": "brand.id",
+        "invalidationType": "ASSORTMENT", "indexKeys": ["trTR"], "invalidationTime": fleet_shared::message::now_millis(),
+    });
+    let id = job_id("stalled-1", IndexKey::TrTr);
+    let job = db::NewJob {
+        id,
+        request_id: "stalled-1".into(),
+        invalidation_type: "ASSORTMENT".into(),
+        index_key: "trTR".into(),
+        parameter_name: "brand.id".into(),
+        request,
+        total_hits: 0,
+    };
+    let tasks = [
+        db::NewTask { from: None, to: Some(300), expected_hits: 0 },
+        db::NewTask { from: Some(300), to: Some(700), expected_hits: 0 },
+        db::NewTask { from: Some(700), to: None, expected_hits: 0 },
+    ];
+    db::create_job(&pool, &job, &tasks).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let config = std::sync::Arc::new(env.config.clone());
+    let kv = fleet_shared::kv::Kv::connect(&config.redis).await.unwrap();
+    let a = Sweeper::new(fleet_workers::app::context(&config, "sweeper").await.unwrap(), pool.clone(), kv.clone());
+    let b = Sweeper::new(fleet_workers::app::context(&config, "sweeper").await.unwrap(), pool.clone(), kv);
+    let (ra, rb) = tokio::join!(a.sweep_once(), b.sweep_once());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.is_some() != rb.is_some(), "exactly one sweeper holds the lock: {ra:?} {rb:?}");
+    let swept = ra.or(rb).unwrap();
+    assert_eq!(swept.tasks_republished, 3);
+    assert_eq!(env.depth(names::PARTITIONS).await, 3);
+    // Just re-published: not stalled again on the next sweep.
+    let again = a.sweep_once().await.unwrap().or(b.sweep_once().await.unwrap());
+    assert_eq!(again.map(|s| s.tasks_republished).unwrap_or(0), 0);
+
+    let fleet = env.start(&[WorkerKind::Partition]);
+    let expected = expected_ids(|d| d.brand.id == 3);
+    let (ids, _) = env.collect_ids("productcontent_assortment_tr_tr", expected.len(), Duration::from_secs(30)).await;
+    assert_eq!(ids, expected);
+    eventually(Duration::from_secs(20), "the job to complete", || async {
+        db::job(&pool, id).await.unwrap().filter(|j| j.state == "completed" && j.event_published_at.is_some())
+    })
+    .await;
+    fleet.stop().await.unwrap();
+}
