@@ -27,11 +27,15 @@ pub enum SearchError {
     /// The cluster refused the query itself (HTTP 400): retrying cannot help.
     #[error("search cluster rejected the query: {0}")]
     Rejected(String),
+    /// No such index or endpoint (HTTP 404): an index being rebuilt, or a
+    /// server without the endpoint. Retried like an outage.
+    #[error("search cluster has no such index or endpoint: {0}")]
+    NotFound(String),
 }
 
 impl SearchError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, SearchError::Unavailable(_))
+        matches!(self, SearchError::Unavailable(_) | SearchError::NotFound(_))
     }
 }
 
@@ -190,6 +194,8 @@ impl Search {
         let short: String = text.chars().take(500).collect();
         if status.as_u16() == 400 {
             Err(SearchError::Rejected(format!("{status}: {short}")))
+        } else if status.as_u16() == 404 || status.as_u16() == 405 {
+            Err(SearchError::NotFound(format!("{path}: {status}: {short}")))
         } else {
             Err(SearchError::Unavailable(format!(
                 "{path}: {status}: {short}"
@@ -262,8 +268,12 @@ impl Search {
         };
         match self.call(Method::Post, &path, None, "open_pit").await {
             Ok(v) => Ok(v[field].as_str().map(str::to_string)),
-            // A server without point in time: page without one.
-            Err(SearchError::Rejected(_)) => Ok(None),
+            // A server without point in time (or the other dialect's
+            // endpoint): page without one rather than fail every request.
+            Err(e @ (SearchError::Rejected(_) | SearchError::NotFound(_))) => {
+                tracing::warn!(error = %e, flavor = ?self.cfg.flavor, "No point in time on this server; paging without one (check search.flavor).");
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

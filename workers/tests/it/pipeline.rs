@@ -525,3 +525,29 @@ async fn one_sweeper_at_a_time_republishes_stalled_tasks_and_the_job_completes()
     .await;
     fleet.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn scans_return_the_same_ids_with_or_without_a_point_in_time() {
+    use fleet_shared::config::SearchFlavor;
+    use fleet_shared::search::{terms_query, Search};
+    use futures::StreamExt;
+    let url = catalogue_clone().await;
+    let expected = expected_ids(|d| d.brand.id == 1);
+    let query = terms_query("brand.id", &[1], None);
+    let mut cfg = fleet_shared::config::SearchConfig { url, page_size: 250, ..Default::default() };
+    // OpenSearch point in time (osmem speaks it); no point in time; and the
+    // Elasticsearch dialect against a server without `_pit`, which falls back.
+    for (flavor, pit) in [(SearchFlavor::Opensearch, true), (SearchFlavor::Opensearch, false), (SearchFlavor::Elasticsearch, true)] {
+        cfg.flavor = flavor;
+        cfg.point_in_time = pit;
+        let search = Search::new(&cfg).unwrap();
+        let mut got = BTreeSet::new();
+        let mut pages = std::pin::pin!(search.scan("content_tr", query.clone()));
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap();
+            assert!(page.len() <= 250);
+            got.extend(page);
+        }
+        assert_eq!(got, expected, "{flavor:?} pit={pit}");
+    }
+}
