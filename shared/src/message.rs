@@ -420,6 +420,16 @@ mod tests {
     }
 
     #[test]
+    fn the_published_schemas_are_up_to_date() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema");
+        for (name, schema) in schemas() {
+            let path = dir.join(format!("{name}.json"));
+            let published: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(published, schema, "{} is stale: regenerate with `fleet schema {name} > {}`", path.display(), path.display());
+        }
+    }
+
+    #[test]
     fn schemas_name_the_required_fields() {
         let all = schemas();
         let request = &all.iter().find(|(n, _)| *n == "request").unwrap().1;
