@@ -9,6 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, WorkerKind};
 
+pub mod jobs;
+pub mod publish;
+pub mod status;
 pub mod topology;
 
 const ABOUT: &str =
@@ -99,6 +102,13 @@ pub enum Command {
     },
     /// Print the effective configuration (every key, after files and variables).
     Config,
+    /// Partition progress of large requests: list, show or resume a job.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Send an invalidation request or a source event (with a publisher confirm).
+    Publish(publish::PublishArgs),
+    /// Queues (depth, consumers, rates) and connected workers, from the management API.
+    Status(status::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +149,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Topology(cmd) => topology::run(&g.config()?, cmd).await,
+        Command::Jobs(cmd) => jobs::run(&g.config()?, cmd).await,
+        Command::Publish(args) => publish::run(&g.config()?, args).await,
+        Command::Status(args) => status::run(&g.config()?, args).await,
         Command::Schema { kind } => {
             let all = fleet_shared::message::schemas();
             match all.iter().find(|(n, _)| *n == kind) {

@@ -2,5 +2,7 @@
 
 mod common;
 mod failures;
+mod monitoring;
+mod operators;
 mod pipeline;
 mod topology;

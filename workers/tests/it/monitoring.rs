@@ -1,0 +1,248 @@
+//! SPEC §8: a worker process serves `/metrics` and `/healthz`, and the
+//! management UI names its connections and consumers after the worker.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use fleet_shared::topology::names;
+
+use crate::common::*;
+
+/// A port nothing listens on right now (bound, then released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
+/// The value of `metric{labels…}` in Prometheus text where every `(k, v)`
+/// of `want` is among the labels; `None` when no such series exists.
+fn sample(text: &str, metric: &str, want: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(metric)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once('}')?;
+            let has = |k: &str, v: &str| labels.split(',').any(|kv| kv == format!("{k}=\"{v}\""));
+            want.iter()
+                .all(|(k, v)| has(k, v))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .next()
+}
+
+#[tokio::test]
+async fn an_ingest_process_counts_its_outcomes_and_reports_healthy() {
+    let env = TestEnv::new().await;
+    const VALID: usize = 5;
+    const INVALID: usize = 3;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = tokio::process::Command::new(fleet_bin())
+        .args(["run", "ingest"])
+        .envs(env.env_vars())
+        .env("FLEET_WORKER_METRICS_LISTEN", &addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn fleet run ingest");
+    for i in 0..VALID {
+        let body = format!(
+            r#"{{"contentId": {}, "event": "created", "quantity": 5}}"#,
+            1 + i
+        );
+        env.publish("source.stock", "", body.as_bytes()).await;
+    }
+    for _ in 0..INVALID {
+        env.publish("source.stock", "", b"not json").await;
+    }
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://{addr}/metrics");
+    let want = |outcome: &'static str| {
+        [
+            ("worker", "ingest"),
+            ("queue", "source.stock"),
+            ("outcome", outcome),
+        ]
+    };
+    // Processed: every event became a request or a dead letter, and the counters caught up.
+    let text = eventually(
+        Duration::from_secs(30),
+        "ingest to process every source event",
+        || async {
+            let dead = env.depth(&names::dlq("source.stock")).await as usize;
+            let requests = env.depth(names::FAST_LANE).await as usize;
+            if dead < INVALID || requests < VALID {
+                return None;
+            }
+            let text = http
+                .get(&metrics_url)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let done = sample(&text, "fleet_messages_total", &want("done")).unwrap_or(0.0);
+            let dl = sample(&text, "fleet_messages_total", &want("dead_lettered")).unwrap_or(0.0);
+            (done + dl >= (VALID + INVALID) as f64).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(&text, "fleet_messages_total", &want("done")),
+        Some(VALID as f64),
+        "done counter:\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "fleet_messages_total", &want("dead_lettered")),
+        Some(INVALID as f64),
+        "dead_lettered counter:\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "fleet_messages_total", &want("retried")),
+        None,
+        "nothing was retried"
+    );
+    assert!(
+        text.contains("fleet_message_handling_seconds_bucket"),
+        "handling-time histogram is exported"
+    );
+    assert_eq!(env.depth(names::FAST_LANE).await as usize, VALID);
+    assert_eq!(
+        env.depth(&names::dlq("source.stock")).await as usize,
+        INVALID
+    );
+
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("GET /healthz");
+    assert_eq!(health.status().as_u16(), 200);
+    let report: serde_json::Value = health.json().await.expect("/healthz answers JSON");
+    assert_eq!(report["ok"], serde_json::json!(true), "{report}");
+    assert_eq!(
+        report["checks"]["broker"]["ok"],
+        serde_json::json!(true),
+        "{report}"
+    );
+
+    // The management UI tells who is connected and who consumes.
+    let vhost = env.vhost.clone();
+    let (connections, consumers) = eventually(
+        Duration::from_secs(20),
+        "the management API to list the ingest connection and consumers",
+        || async {
+            let conns = env
+                .mgmt
+                .list(&format!(
+                    "vhosts/{}/connections",
+                    fleet_shared::topology::enc(&vhost)
+                ))
+                .await
+                .ok()?;
+            let consumers = env
+                .mgmt
+                .list(&format!(
+                    "consumers/{}",
+                    fleet_shared::topology::enc(&vhost)
+                ))
+                .await
+                .ok()?;
+            let names: Vec<String> = conns
+                .iter()
+                .filter_map(|c| c["client_properties"]["connection_name"].as_str())
+                .map(str::to_string)
+                .collect();
+            let tags: Vec<String> = consumers
+                .iter()
+                .filter_map(|c| c["consumer_tag"].as_str())
+                .map(str::to_string)
+                .collect();
+            (names.iter().any(|n| n.starts_with("fleet-ingest@")) && !tags.is_empty())
+                .then_some((names, tags))
+        },
+    )
+    .await;
+    let ours: Vec<&String> = connections
+        .iter()
+        .filter(|n| !n.starts_with("fleet-test "))
+        .collect();
+    assert!(
+        ours.iter().all(|n| n.starts_with("fleet-ingest@")),
+        "every worker connection is named after the worker: {ours:?}"
+    );
+    assert!(
+        consumers.iter().all(|t| t.starts_with("fleet-ingest@")),
+        "every consumer tag names the worker: {consumers:?}"
+    );
+    assert!(
+        consumers.iter().any(|t| t.ends_with(":source.stock")),
+        "a consumer tag names its queue: {consumers:?}"
+    );
+
+    // `fleet status` shows the same picture once the management API's
+    // statistics (emitted every few seconds) caught up.
+    // Table cells are separated by `│` at the edges and `┆` inside.
+    let cells = |l: &str| -> Vec<String> {
+        l.split(['│', '┆'])
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let find_row = |out: &str, queue: &str| {
+        out.lines()
+            .map(cells)
+            .find(|c| c.first().map(String::as_str) == Some(queue))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stdout = loop {
+        let out = tokio::process::Command::new(fleet_bin())
+            .arg("status")
+            .envs(env.env_vars())
+            .output()
+            .await
+            .expect("run fleet status");
+        assert!(
+            out.status.success(),
+            "fleet status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let caught_up =
+            find_row(&stdout, "source.stock.dlq").is_some_and(|dlq| dlq[1] == INVALID.to_string());
+        if caught_up || std::time::Instant::now() > deadline {
+            break stdout;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let row = |queue: &str| find_row(&stdout, queue);
+    let dlq = row("source.stock.dlq").unwrap_or_else(|| panic!("dlq row in:\n{stdout}"));
+    assert_eq!(dlq[1], INVALID.to_string(), "dlq depth in:\n{stdout}");
+    let source = row("source.stock").unwrap_or_else(|| panic!("source row in:\n{stdout}"));
+    assert_eq!(source[1], "0", "source queue drained:\n{stdout}");
+    assert_eq!(source[4], "1", "one consumer on source.stock:\n{stdout}");
+    assert!(
+        row("invalidation.requests.bulk").is_none(),
+        "an empty queue without consumers is hidden:\n{stdout}"
+    );
+    let consumer_conn = stdout
+        .lines()
+        .map(cells)
+        .find(|c| {
+            c.first()
+                .is_some_and(|n| n.starts_with("fleet-ingest@") && n.contains("(consumer"))
+        })
+        .unwrap_or_else(|| panic!("the worker's consumer connection is listed:\n{stdout}"));
+    assert_eq!(
+        consumer_conn[4],
+        fleet_workers::ingest::Ingest::queues().len().to_string(),
+        "one consumer per source queue on the connection:\n{stdout}"
+    );
+
+    child.kill().await.expect("stop the ingest process");
+}
