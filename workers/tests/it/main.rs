@@ -1,6 +1,7 @@
 //! Integration tests against the real services (one binary, so it links once).
 
 mod common;
+mod compose;
 mod failures;
 mod monitoring;
 mod operators;
