@@ -64,6 +64,8 @@ pub struct TestEnv {
     pub db_name: String,
     pub config: Config,
     pub mgmt: Management,
+    /// One confirm-mode channel for the test's own publishing and getting.
+    shared: OnceCell<(Connection, Channel)>,
 }
 
 impl TestEnv {
@@ -123,6 +125,7 @@ impl TestEnv {
             db_name,
             config,
             mgmt,
+            shared: OnceCell::new(),
         }
     }
 
@@ -210,6 +213,11 @@ impl TestEnv {
         .await;
     }
 
+    /// The test's shared channel (opened on first use).
+    pub async fn shared_channel(&self) -> &Channel {
+        &self.shared.get_or_init(|| self.channel()).await.1
+    }
+
     pub async fn publish_with(
         &self,
         exchange: &str,
@@ -217,7 +225,7 @@ impl TestEnv {
         body: &[u8],
         props: BasicProperties,
     ) {
-        let (_conn, ch) = self.channel().await;
+        let ch = self.shared_channel().await;
         let confirm = ch
             .basic_publish(
                 exchange.into(),
@@ -238,7 +246,7 @@ impl TestEnv {
 
     /// Messages in a queue (ready, not unacked).
     pub async fn depth(&self, queue: &str) -> u32 {
-        let (_conn, ch) = self.channel().await;
+        let ch = self.shared_channel().await;
         let q = ch
             .queue_declare(
                 queue.into(),
@@ -256,7 +264,7 @@ impl TestEnv {
     /// Takes up to `max` messages off a queue (acked), waiting up to `wait`
     /// for at least `min` of them.
     pub async fn take(&self, queue: &str, min: usize, wait: Duration) -> Vec<Taken> {
-        let (_conn, ch) = self.channel().await;
+        let ch = self.shared_channel().await;
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
         loop {

@@ -243,23 +243,38 @@ async fn sigterm_during_work_loses_nothing() {
 async fn a_worker_reconnects_after_its_connections_are_closed() {
     let env = TestEnv::new().await;
     let fleet = env.start(&[WorkerKind::Ingest]);
-    env.publish("source.product", "", br#"{"contentId": 1}"#).await;
-    assert_eq!(env.take(names::BULK_LANE, 1, Duration::from_secs(10)).await.len(), 1);
+    env.publish("source.product", "", br#"{"contentId": 1}"#)
+        .await;
+    assert_eq!(
+        env.take(names::BULK_LANE, 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
 
     // An operator (or a broker restart) closes every connection of the worker.
     let vhost = fleet_shared::topology::enc(&env.vhost);
-    let conns = eventually(Duration::from_secs(10), "the worker's connections", || async {
-        let list = env.mgmt.list(&format!("vhosts/{vhost}/connections")).await.ok()?;
-        let names: Vec<String> = list
-            .iter()
-            .filter_map(|c| c["name"].as_str().map(str::to_string))
-            .collect();
-        let named: Vec<&serde_json::Value> = list
-            .iter()
-            .filter(|c| c["client_properties"]["connection_name"].as_str().is_some_and(|n| n.starts_with("fleet-ingest@")))
-            .collect();
-        (named.len() >= 2).then_some(names)
-    })
+    let conns = eventually(
+        Duration::from_secs(10),
+        "the worker's connections",
+        || async {
+            let list = env
+                .mgmt
+                .list(&format!("vhosts/{vhost}/connections"))
+                .await
+                .ok()?;
+            let names: Vec<String> = list
+                .iter()
+                .filter(|c| {
+                    c["client_properties"]["connection_name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("fleet-ingest@"))
+                })
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect();
+            (names.len() >= 2).then_some(names)
+        },
+    )
     .await;
     for name in conns {
         let path = format!("connections/{}", fleet_shared::topology::enc(&name));
@@ -267,29 +282,55 @@ async fn a_worker_reconnects_after_its_connections_are_closed() {
     }
     // It comes back by itself, with its prefetch re-applied, and nothing is lost.
     for i in 2..=20 {
-        env.publish("source.product", "", format!(r#"{{"contentId": {i}}}"#).as_bytes()).await;
+        env.publish(
+            "source.product",
+            "",
+            format!(r#"{{"contentId": {i}}}"#).as_bytes(),
+        )
+        .await;
     }
-    let got = env.take(names::BULK_LANE, 19, Duration::from_secs(30)).await;
-    let mut ids: Vec<i64> = got.iter().map(|m| m.json()["parameterIds"][0].as_i64().unwrap()).collect();
+    let got = env
+        .take(names::BULK_LANE, 19, Duration::from_secs(30))
+        .await;
+    let mut ids: Vec<i64> = got
+        .iter()
+        .map(|m| m.json()["parameterIds"][0].as_i64().unwrap())
+        .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids, (2..=20).collect::<Vec<i64>>());
-    let consumers = eventually(Duration::from_secs(10), "the consumer to be back", || async {
-        let q = env.mgmt.get(&format!("queues/{vhost}/source.product")).await.ok()?;
-        (q["consumers"].as_u64() == Some(1)).then_some(q)
-    })
+    let consumers = eventually(
+        Duration::from_secs(10),
+        "the consumer to be back",
+        || async {
+            let q = env
+                .mgmt
+                .get(&format!("queues/{vhost}/source.product"))
+                .await
+                .ok()?;
+            (q["consumers"].as_u64() == Some(1)).then_some(q)
+        },
+    )
     .await;
     assert_eq!(consumers["consumers"], 1);
     // The management API's consumer list lags by a stats interval.
-    let prefetch = eventually(Duration::from_secs(15), "the consumer's details", || async {
-        let details = env.mgmt.get(&format!("consumers/{vhost}")).await.ok()?;
-        details
-            .as_array()?
-            .iter()
-            .find(|c| c["queue"]["name"] == "source.product")
-            .map(|c| c["prefetch_count"].clone())
-    })
+    let prefetch = eventually(
+        Duration::from_secs(15),
+        "the consumer's details",
+        || async {
+            let details = env.mgmt.get(&format!("consumers/{vhost}")).await.ok()?;
+            details
+                .as_array()?
+                .iter()
+                .find(|c| c["queue"]["name"] == "source.product")
+                .map(|c| c["prefetch_count"].clone())
+        },
+    )
     .await;
-    assert_eq!(prefetch, serde_json::json!(env.config.amqp.prefetch), "prefetch re-applied after reconnect");
+    assert_eq!(
+        prefetch,
+        serde_json::json!(env.config.amqp.prefetch),
+        "prefetch re-applied after reconnect"
+    );
     fleet.stop().await.unwrap();
 }

@@ -215,8 +215,7 @@ async fn uniform_and_nested_splits_are_exact_too() {
 
 #[tokio::test]
 async fn small_requests_resolve_in_place_and_share_batches() {
-    let env =
-        env_with_catalogue(|c| c.dispatcher.flush_interval = Duration::from_millis(300)).await;
+    let env = env_with_catalogue(|c| c.dispatcher.flush_interval = Duration::from_secs(1)).await;
     let fleet = env.start(&[WorkerKind::Dispatcher]);
     // Under the limit: resolved without a job.
     let small = expected_ids(|d| d.category.id == 60);
@@ -476,7 +475,7 @@ async fn ingest_turns_source_events_into_requests_on_the_right_lane() {
 #[tokio::test]
 async fn one_sweeper_at_a_time_republishes_stalled_tasks_and_the_job_completes() {
     use fleet_workers::sweeper::Sweeper;
-    let env = env_with_catalogue(|c| c.sweeper.stall_after = Duration::from_millis(300)).await;
+    let env = env_with_catalogue(|c| c.sweeper.stall_after = Duration::from_millis(1500)).await;
     let pool = env.db().await;
     // A job whose task messages were lost (never published), as after a crash.
     let request = serde_json::json!({
@@ -494,33 +493,73 @@ async fn one_sweeper_at_a_time_republishes_stalled_tasks_and_the_job_completes()
         total_hits: 0,
     };
     let tasks = [
-        db::NewTask { from: None, to: Some(300), expected_hits: 0 },
-        db::NewTask { from: Some(300), to: Some(700), expected_hits: 0 },
-        db::NewTask { from: Some(700), to: None, expected_hits: 0 },
+        db::NewTask {
+            from: None,
+            to: Some(300),
+            expected_hits: 0,
+        },
+        db::NewTask {
+            from: Some(300),
+            to: Some(700),
+            expected_hits: 0,
+        },
+        db::NewTask {
+            from: Some(700),
+            to: None,
+            expected_hits: 0,
+        },
     ];
     db::create_job(&pool, &job, &tasks).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
 
     let config = std::sync::Arc::new(env.config.clone());
     let kv = fleet_shared::kv::Kv::connect(&config.redis).await.unwrap();
-    let a = Sweeper::new(fleet_workers::app::context(&config, "sweeper").await.unwrap(), pool.clone(), kv.clone());
-    let b = Sweeper::new(fleet_workers::app::context(&config, "sweeper").await.unwrap(), pool.clone(), kv);
+    let a = Sweeper::new(
+        fleet_workers::app::context(&config, "sweeper")
+            .await
+            .unwrap(),
+        pool.clone(),
+        kv.clone(),
+    );
+    let b = Sweeper::new(
+        fleet_workers::app::context(&config, "sweeper")
+            .await
+            .unwrap(),
+        pool.clone(),
+        kv,
+    );
     let (ra, rb) = tokio::join!(a.sweep_once(), b.sweep_once());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    assert!(ra.is_some() != rb.is_some(), "exactly one sweeper holds the lock: {ra:?} {rb:?}");
+    assert!(
+        ra.is_some() != rb.is_some(),
+        "exactly one sweeper holds the lock: {ra:?} {rb:?}"
+    );
     let swept = ra.or(rb).unwrap();
     assert_eq!(swept.tasks_republished, 3);
     assert_eq!(env.depth(names::PARTITIONS).await, 3);
     // Just re-published: not stalled again on the next sweep.
-    let again = a.sweep_once().await.unwrap().or(b.sweep_once().await.unwrap());
+    let again = a
+        .sweep_once()
+        .await
+        .unwrap()
+        .or(b.sweep_once().await.unwrap());
     assert_eq!(again.map(|s| s.tasks_republished).unwrap_or(0), 0);
 
     let fleet = env.start(&[WorkerKind::Partition]);
     let expected = expected_ids(|d| d.brand.id == 3);
-    let (ids, _) = env.collect_ids("productcontent_assortment_tr_tr", expected.len(), Duration::from_secs(30)).await;
+    let (ids, _) = env
+        .collect_ids(
+            "productcontent_assortment_tr_tr",
+            expected.len(),
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(ids, expected);
     eventually(Duration::from_secs(20), "the job to complete", || async {
-        db::job(&pool, id).await.unwrap().filter(|j| j.state == "completed" && j.event_published_at.is_some())
+        db::job(&pool, id)
+            .await
+            .unwrap()
+            .filter(|j| j.state == "completed" && j.event_published_at.is_some())
     })
     .await;
     fleet.stop().await.unwrap();
@@ -534,10 +573,18 @@ async fn scans_return_the_same_ids_with_or_without_a_point_in_time() {
     let url = catalogue_clone().await;
     let expected = expected_ids(|d| d.brand.id == 1);
     let query = terms_query("brand.id", &[1], None);
-    let mut cfg = fleet_shared::config::SearchConfig { url, page_size: 250, ..Default::default() };
+    let mut cfg = fleet_shared::config::SearchConfig {
+        url,
+        page_size: 250,
+        ..Default::default()
+    };
     // OpenSearch point in time (osmem speaks it); no point in time; and the
     // Elasticsearch dialect against a server without `_pit`, which falls back.
-    for (flavor, pit) in [(SearchFlavor::Opensearch, true), (SearchFlavor::Opensearch, false), (SearchFlavor::Elasticsearch, true)] {
+    for (flavor, pit) in [
+        (SearchFlavor::Opensearch, true),
+        (SearchFlavor::Opensearch, false),
+        (SearchFlavor::Elasticsearch, true),
+    ] {
         cfg.flavor = flavor;
         cfg.point_in_time = pit;
         let search = Search::new(&cfg).unwrap();
