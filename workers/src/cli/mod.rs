@@ -12,6 +12,7 @@ use crate::app::{self, WorkerKind};
 pub mod jobs;
 pub mod publish;
 pub mod status;
+pub mod dlq;
 pub mod topology;
 
 const ABOUT: &str =
@@ -94,6 +95,9 @@ pub enum Command {
     /// Plan, apply or export the broker topology (topology/fleet.toml).
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Dead-letter, parked and unroutable messages: list, peek, replay or purge them.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Print the JSON Schema of a message kind, for producers.
     Schema {
         /// request, outbound, partition-task, job-completed or source-event.
@@ -149,6 +153,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Topology(cmd) => topology::run(&g.config()?, cmd).await,
+        Command::Dlq(cmd) => dlq::run(&g.config()?, cmd).await,
         Command::Jobs(cmd) => jobs::run(&g.config()?, cmd).await,
         Command::Publish(args) => publish::run(&g.config()?, args).await,
         Command::Status(args) => status::run(&g.config()?, args).await,

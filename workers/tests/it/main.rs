@@ -2,6 +2,7 @@
 
 mod common;
 mod compose;
+mod dlq;
 mod failures;
 mod monitoring;
 mod operators;
