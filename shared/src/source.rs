@@ -251,10 +251,12 @@ impl FromStr for SourceKind {
 }
 
 /// One event from any source queue. Which fields a kind needs:
-/// price `contentId`/`contentIds`/`listingId` (+`scheduled`); stock the same
-/// + `event` + `quantity`; promotion and product `contentId`/`contentIds`;
-/// assortment `brandId`/`categoryId` + `country`; translation
-/// `contentId`/`contentIds` + `language`.
+///
+/// - price: `contentId`, `contentIds` or `listingId` (and `scheduled`);
+/// - stock: the same, with `event` and `quantity`;
+/// - promotion and product: `contentId` or `contentIds`;
+/// - assortment: `brandId` or `categoryId`, with `country`;
+/// - translation: `contentId` or `contentIds`, with `language`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(title = "SourceEvent", extend("additionalProperties" = true))]

@@ -71,6 +71,16 @@ pub struct Defaults {
     pub delivery_limit: i64,
     /// The exchange every `dead_letter = true` queue dead-letters to.
     pub dead_letter_exchange: String,
+    /// `x-delivery-limit` of quorum queues no worker consumes (dead-letter,
+    /// parking, delay, log queues). Operators peek them with nack-requeue,
+    /// which counts as a delivery; they have nowhere to dead-letter to, so
+    /// the limit must never be reached.
+    #[serde(default = "default_operator_delivery_limit")]
+    pub operator_delivery_limit: i64,
+}
+
+fn default_operator_delivery_limit() -> i64 {
+    1_000_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,14 +337,18 @@ impl TopologyFile {
         let mut bindings = Vec::new();
         let mut needs_dlx = false;
 
-        let base_args = |dead_letter: bool| {
+        // `consumed`: a worker or an indexer takes messages off it; the
+        // others are only peeked and replayed by operators.
+        let base_args = |dead_letter: bool, consumed: bool| {
             let mut a = BTreeMap::new();
             if quorum {
+                let limit = if consumed {
+                    self.defaults.delivery_limit
+                } else {
+                    self.defaults.operator_delivery_limit
+                };
                 a.insert("x-queue-type".into(), Arg::Str("quorum".into()));
-                a.insert(
-                    "x-delivery-limit".into(),
-                    Arg::Int(self.defaults.delivery_limit),
-                );
+                a.insert("x-delivery-limit".into(), Arg::Int(limit));
                 if dead_letter {
                     a.insert(
                         "x-dead-letter-strategy".into(),
@@ -362,7 +376,7 @@ impl TopologyFile {
                 let dlq = names::dlq(spec_name);
                 queues.push(Queue {
                     name: dlq.clone(),
-                    arguments: base_args(false),
+                    arguments: base_args(false, false),
                     consumer: None,
                     purpose: format!("Dead letters of {spec_name}: messages that failed permanently, with headers saying why."),
                     dead_letters_of: Some(spec_name.into()),
@@ -384,7 +398,7 @@ impl TopologyFile {
 
         for q in &self.queues {
             let has_dl = q.dead_letter || q.dead_letter_to.is_some();
-            let mut args = base_args(has_dl);
+            let mut args = base_args(has_dl, q.consumer.is_some());
             if let Some(ttl) = &q.message_ttl {
                 let ms = match ttl {
                     toml::Value::Integer(i) => *i,
@@ -441,7 +455,7 @@ impl TopologyFile {
                         None,
                         format!("Content ids to rebuild for {t} in {k}; read by the downstream indexers."),
                         o.dead_letter,
-                        base_args(o.dead_letter),
+                        base_args(o.dead_letter, true),
                         &mut queues,
                         &mut bindings,
                     );
@@ -453,7 +467,6 @@ impl TopologyFile {
                 }
             }
         }
-        drop(push_queue);
         if needs_dlx && !exchanges.iter().any(|e| &e.name == dlx) {
             return Err(TopologyError::Invalid(format!(
                 "dead_letter_exchange {dlx} is not declared as an exchange"
@@ -859,6 +872,9 @@ mod tests {
             fast.arguments["x-dead-letter-strategy"],
             Arg::Str("at-least-once".into())
         );
+        // Operator queues are peeked with nack-requeue: their limit is never reached.
+        let dlq = t.queue("invalidation.requests.fast.dlq").unwrap();
+        assert_eq!(dlq.arguments["x-delivery-limit"], Arg::Int(1_000_000));
     }
 
     #[test]

@@ -151,13 +151,12 @@ async fn a_transient_failure_goes_through_the_delay_queue_with_time_and_counter(
     let fleet = env.start(&[WorkerKind::Dispatcher]);
     let body = br#"{"parameterIds":[5],"parameterName":"brand.id","invalidationType":"PRICE","indexKeys":["trTR"]}"#;
     env.publish(names::REQUESTS, "price", body).await;
-    let waiting = eventually(
+    eventually(
         Duration::from_secs(20),
         "the request in the delay queue",
         || async { (env.depth(names::RETRY_DELAY).await == 1).then_some(()) },
     )
     .await;
-    let _ = waiting;
     fleet.stop().await.unwrap();
     // Purge-free inspection: a 60 s TTL leaves time to take it.
     let m = env
