@@ -199,6 +199,7 @@ async fn an_ingest_process_counts_its_outcomes_and_reports_healthy() {
             .map(cells)
             .find(|c| c.first().map(String::as_str) == Some(queue))
     };
+    let consumers = fleet_workers::ingest::Ingest::queues().len().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let stdout = loop {
         let out = tokio::process::Command::new(fleet_bin())
@@ -213,8 +214,13 @@ async fn an_ingest_process_counts_its_outcomes_and_reports_healthy() {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Each queue's and connection's numbers arrive separately: wait for all.
         let caught_up =
-            find_row(&stdout, "source.stock.dlq").is_some_and(|dlq| dlq[1] == INVALID.to_string());
+            find_row(&stdout, "source.stock.dlq").is_some_and(|dlq| dlq[1] == INVALID.to_string())
+                && find_row(&stdout, "source.stock").is_some_and(|q| q[4] == "1")
+                && stdout.lines().map(cells).any(|c| {
+                    c.first().is_some_and(|n| n.contains("(consumer")) && c[4] == consumers
+                });
         if caught_up || std::time::Instant::now() > deadline {
             break stdout;
         }
@@ -239,8 +245,7 @@ async fn an_ingest_process_counts_its_outcomes_and_reports_healthy() {
         })
         .unwrap_or_else(|| panic!("the worker's consumer connection is listed:\n{stdout}"));
     assert_eq!(
-        consumer_conn[4],
-        fleet_workers::ingest::Ingest::queues().len().to_string(),
+        consumer_conn[4], consumers,
         "one consumer per source queue on the connection:\n{stdout}"
     );
 
