@@ -2,11 +2,12 @@
 # Sets up everything on a fresh Debian machine and runs the fleet: the
 # services, osmem-server with a generated catalogue on :9200, and every
 # worker in one process (`fleet run --all`). Ctrl-C stops the workers.
+# CATALOGUE_DOCS (default 20000 per index) and SEARCH_PORT (9200) adjust it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
-DOCS="${FLEET_CATALOGUE_DOCS:-20000}"
-SEARCH_PORT="${FLEET_SEARCH_PORT:-9200}"
+DOCS="${CATALOGUE_DOCS:-20000}"
+SEARCH_PORT="${SEARCH_PORT:-9200}"
 mkdir -p .fleet
 cargo build --release --locked -p fleet-workers
 FLEET=./target/release/fleet

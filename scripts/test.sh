@@ -7,4 +7,4 @@ scripts/services.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Unit tests, then the integration tests (one binary against RabbitMQ,
 # PostgreSQL, Redis and osmem-server; each test in its own vhost and database).
-cargo test --workspace --locked -- --test-threads "${FLEET_TEST_THREADS:-6}"
+cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-6}"

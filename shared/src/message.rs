@@ -424,8 +424,15 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema");
         for (name, schema) in schemas() {
             let path = dir.join(format!("{name}.json"));
-            let published: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            assert_eq!(published, schema, "{} is stale: regenerate with `fleet schema {name} > {}`", path.display(), path.display());
+            let published: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(
+                published,
+                schema,
+                "{} is stale: regenerate with `fleet schema {name} > {}`",
+                path.display(),
+                path.display()
+            );
         }
     }
 

@@ -47,7 +47,12 @@ pub async fn run(cmd: CatalogueCommand) -> anyhow::Result<ExitCode> {
     let n = match (&a.out, &a.url) {
         (Some(dir), _) => {
             let n = catalogue::write_seed_dir(dir, &indices, &spec)?;
-            println!("Wrote {n} documents ({} per index) to {}; start with: osmem-server --seed {}", a.docs, dir.display(), dir.display());
+            println!(
+                "Wrote {n} documents ({} per index) to {}; start with: osmem-server --seed {}",
+                a.docs,
+                dir.display(),
+                dir.display()
+            );
             n
         }
         (None, Some(url)) => {
@@ -58,5 +63,9 @@ pub async fn run(cmd: CatalogueCommand) -> anyhow::Result<ExitCode> {
         // clap requires one of them.
         (None, None) => 0,
     };
-    Ok(if n > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if n > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
