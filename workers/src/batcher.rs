@@ -59,6 +59,17 @@ impl Batcher {
         Self { tx, batch_size }
     }
 
+    /// A batcher with the worker's publisher and the configured batch size and flush interval.
+    pub fn for_context(ctx: &fleet_shared::runtime::Context) -> Self {
+        let c = &ctx.config.dispatcher;
+        Self::start(
+            ctx.publisher.clone(),
+            ctx.identity.worker.clone(),
+            c.batch_size,
+            c.flush_interval,
+        )
+    }
+
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }

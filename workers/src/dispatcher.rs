@@ -161,13 +161,7 @@ impl Handler for Dispatcher {
 
 impl Dispatcher {
     pub fn new(ctx: Context, search: Search, db: PgPool, kv: Kv) -> Arc<Self> {
-        let c = &ctx.config.dispatcher;
-        let batcher = Batcher::start(
-            ctx.publisher.clone(),
-            ctx.identity.worker.clone(),
-            c.batch_size,
-            c.flush_interval,
-        );
+        let batcher = Batcher::for_context(&ctx);
         Arc::new(Self {
             ctx,
             search,

@@ -26,13 +26,7 @@ pub struct PartitionWorker {
 
 impl PartitionWorker {
     pub fn new(ctx: Context, search: Search, db: PgPool) -> Arc<Self> {
-        let c = &ctx.config.dispatcher;
-        let batcher = Batcher::start(
-            ctx.publisher.clone(),
-            ctx.identity.worker.clone(),
-            c.batch_size,
-            c.flush_interval,
-        );
+        let batcher = Batcher::for_context(&ctx);
         Arc::new(Self {
             ctx,
             search,
