@@ -598,3 +598,90 @@ async fn scans_return_the_same_ids_with_or_without_a_point_in_time() {
         assert_eq!(got, expected, "{flavor:?} pit={pit}");
     }
 }
+
+#[tokio::test]
+async fn killing_a_partition_worker_mid_job_loses_nothing() {
+    let env = env_with_catalogue(|c| c.search.page_size = 100).await;
+    let dispatcher = env.start(&[WorkerKind::Dispatcher]);
+    let all_suppliers: Vec<i64> = (1..=800).collect();
+    env.publish(
+        names::REQUESTS,
+        "content",
+        &request(
+            "CONTENT",
+            "supplier.id",
+            &all_suppliers,
+            &["enBE"],
+            "kill-1",
+        ),
+    )
+    .await;
+    let pool = env.db().await;
+    let id = job_id("kill-1", IndexKey::EnBe);
+    let job = eventually(Duration::from_secs(20), "the job", || async {
+        db::job(&pool, id).await.unwrap()
+    })
+    .await;
+    assert!(job.task_count >= 10);
+
+    let spawn = || {
+        tokio::process::Command::new(fleet_bin())
+            .args(["run", "partition"])
+            .envs(env.env_vars())
+            .env("FLEET_AMQP_PREFETCH", "2")
+            .env("FLEET_SEARCH_PAGE_SIZE", "100")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let done = |pool: sqlx::PgPool| async move {
+        db::tasks(&pool, id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|t| t.status == "done")
+            .count()
+    };
+    let mut worker = spawn();
+    eventually(Duration::from_secs(60), "a few tasks to finish", || async {
+        (done(pool.clone()).await >= 2).then_some(())
+    })
+    .await;
+    // No goodbye: SIGKILL in the middle of the job.
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    let finished_before = done(pool.clone()).await;
+    assert!(
+        finished_before < job.task_count as usize,
+        "the kill must land mid-job"
+    );
+
+    let mut worker = spawn();
+    let expected = expected_ids(|_| true);
+    let (ids, _) = env
+        .collect_ids(
+            "productcontent_content_en_be",
+            expected.len(),
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(ids, expected, "every id arrives despite the kill");
+    let job = eventually(Duration::from_secs(30), "the job to complete", || async {
+        db::job(&pool, id)
+            .await
+            .unwrap()
+            .filter(|j| j.state == "completed")
+    })
+    .await;
+    assert_eq!(job.task_count as usize, done(pool.clone()).await);
+    let events: Vec<_> = completion_events(&env)
+        .await
+        .into_iter()
+        .filter(|e| e.job_id == id)
+        .collect();
+    assert_eq!(events.len(), 1);
+    worker.kill().await.unwrap();
+    dispatcher.stop().await.unwrap();
+}
