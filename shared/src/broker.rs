@@ -173,7 +173,18 @@ impl Publisher {
                 confirm_timeout,
             }),
         };
-        publisher.channel().await.map_err(|e| {
+        // Check the broker answers now, so a missing one is reported at
+        // start-up in plain words rather than at the first publish.
+        let probe = match publisher.inner.pool.get().await {
+            Ok(_) => publisher
+                .channel()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(deadpool_lapin::PoolError::Backend(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        probe.map_err(|e| {
             anyhow::anyhow!(
                 "cannot connect to RabbitMQ at {}: {e}. Is it running? Start it with \
                  `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
