@@ -333,3 +333,60 @@ async fn a_worker_reconnects_after_its_connections_are_closed() {
     );
     fleet.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_missing_service_at_start_up_is_named_with_how_to_start_it() {
+    let env = TestEnv::new().await;
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        (
+            "retry",
+            "AMQP_URL",
+            format!("amqp://guest:guest@127.0.0.1:{dead}/%2f"),
+            "RabbitMQ",
+            "rabbitmq-server -detached",
+        ),
+        (
+            "retry",
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{dead}/test"),
+            "PostgreSQL",
+            "pg_ctlcluster",
+        ),
+        (
+            "sweeper",
+            "REDIS_URL",
+            format!("redis://127.0.0.1:{dead}/"),
+            "Redis",
+            "redis-server",
+        ),
+    ];
+    for (worker, var, url, service, how) in cases {
+        let out = tokio::process::Command::new(fleet_bin())
+            .args(["run", worker])
+            .envs(env.env_vars())
+            .env(var, &url)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{worker} must not start without {service}"
+        );
+        assert!(
+            stderr.contains(&format!("cannot connect to {service}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains(how), "{stderr}");
+        assert!(
+            !stderr.contains("guest:guest@"),
+            "passwords are redacted: {stderr}"
+        );
+    }
+}
