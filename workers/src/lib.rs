@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod batcher;
+pub mod bench;
 pub mod catalogue;
 pub mod cli;
 pub mod dispatcher;

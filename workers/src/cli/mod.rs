@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, WorkerKind};
 
+pub mod bench;
 pub mod jobs;
 pub mod publish;
 pub mod status;
@@ -113,6 +114,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Queues (depth, consumers, rates) and connected workers, from the management API.
     Status(status::StatusArgs),
+    /// Measure fan-out, the fast lane and worker memory against raw baselines (SPEC §10).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +160,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(cmd) => jobs::run(&g.config()?, cmd).await,
         Command::Publish(args) => publish::run(&g.config()?, args).await,
         Command::Status(args) => status::run(&g.config()?, args).await,
+        Command::Bench(args) => {
+            bench::run(&g.config()?, args, g.search_url.clone(), g.config.clone()).await
+        }
         Command::Schema { kind } => {
             let all = fleet_shared::message::schemas();
             match all.iter().find(|(n, _)| *n == kind) {
