@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, WorkerKind};
 
 pub mod bench;
+pub mod catalogue;
+pub mod dlq;
 pub mod jobs;
 pub mod publish;
 pub mod status;
-pub mod dlq;
 pub mod topology;
 
 const ABOUT: &str =
@@ -107,6 +108,9 @@ pub enum Command {
     },
     /// Print the effective configuration (every key, after files and variables).
     Config,
+    /// Generate a content catalogue for development and benchmarks.
+    #[command(subcommand)]
+    Catalogue(catalogue::CatalogueCommand),
     /// Partition progress of large requests: list, show or resume a job.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
@@ -179,6 +183,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Catalogue(cmd) => catalogue::run(cmd).await,
         Command::Config => {
             print!("{}", g.config()?.to_toml());
             Ok(ExitCode::SUCCESS)
