@@ -180,7 +180,9 @@ impl Default for SearchConfig {
             point_in_time: true,
             pit_keep_alive: Duration::from_secs(120),
             timeout: Duration::from_secs(30),
-            page_size: 5000,
+            // One page holds a whole partition at the default split limit
+            // (and stays within Elasticsearch's default max_result_window).
+            page_size: 10_000,
             indices: BTreeMap::from([("trTR".to_string(), "content_tr".to_string())]),
             default_index: "content_intl".into(),
         }

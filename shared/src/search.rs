@@ -359,7 +359,11 @@ impl Search {
                 if let Some(new_pit) = v["pit_id"].as_str() {
                     st.pit = Some(new_pit.to_string());
                 }
-                let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
+                let mut v = v;
+                let hits = match v["hits"]["hits"].take() {
+                    Value::Array(hits) => hits,
+                    _ => Vec::new(),
+                };
                 let ids: Vec<i64> = hits.iter().filter_map(|h| h["sort"][0].as_i64()).collect();
                 if ids.len() != hits.len() {
                     return Err(SearchError::Unavailable(

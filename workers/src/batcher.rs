@@ -3,8 +3,10 @@
 //!
 //! A submission never spans two batches (callers submit at most `batch_size`
 //! ids at once), so each submitter waits on exactly one publisher confirm.
-//! A partial batch is flushed after `flush_interval`; a full one at once.
-//! Publishing runs in its own task, so confirms are pipelined.
+//! A batch goes out at once when it is full or when its key has a free
+//! in-flight slot; otherwise it waits for a confirm to free one, and never
+//! longer than `flush_interval`. Publishing runs in its own task, so
+//! confirms are pipelined.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -146,6 +148,17 @@ struct Pending {
     deadline: Instant,
 }
 
+type Key = (InvalidationType, IndexKey);
+
+/// Batches of one key that may await their confirm at once before new ids
+/// for that key wait (up to `flush_interval`) for one of them to confirm.
+///
+/// This is what makes batches form by themselves under load: at low load a
+/// request is published at once (no timer to wait out), while under load the
+/// ids that arrive during one confirm round trip travel together in the next
+/// message. Two in flight keeps the broker busy while one confirm returns.
+const MAX_IN_FLIGHT_PER_KEY: usize = 2;
+
 async fn run(
     mut rx: mpsc::Receiver<Submit>,
     publisher: Publisher,
@@ -153,8 +166,15 @@ async fn run(
     batch_size: usize,
     flush_interval: Duration,
 ) {
-    let mut pending: HashMap<(InvalidationType, IndexKey), Pending> = HashMap::new();
-    loop {
+    let mut pending: HashMap<Key, Pending> = HashMap::new();
+    let mut in_flight: HashMap<Key, usize> = HashMap::new();
+    let (confirmed_tx, mut confirmed) = mpsc::unbounded_channel::<Key>();
+    let flush = |key: Key, p: Pending, in_flight: &mut HashMap<Key, usize>| {
+        *in_flight.entry(key).or_default() += 1;
+        publish(&publisher, &worker, key, p, confirmed_tx.clone());
+    };
+    let mut open = true;
+    while open || !pending.is_empty() || in_flight.values().any(|n| *n > 0) {
         let next_deadline = pending.values().map(|p| p.deadline).min();
         let sleep = async {
             match next_deadline {
@@ -163,13 +183,21 @@ async fn run(
             }
         };
         tokio::select! {
-            msg = rx.recv() => {
-                let Some(Submit { origin, ids, done }) = msg else { break };
+            msg = rx.recv(), if open => {
+                let Some(Submit { origin, ids, done }) = msg else {
+                    // Every handle is gone: flush what is left, then stop
+                    // once the last confirm came back.
+                    open = false;
+                    for (key, p) in pending.drain() {
+                        flush(key, p, &mut in_flight);
+                    }
+                    continue;
+                };
                 let key = (origin.invalidation_type, origin.index_key);
                 if let Some(p) = pending.get(&key) {
                     if p.ids.len() + ids.len() > batch_size {
                         let full = pending.remove(&key).expect("checked above");
-                        flush(&publisher, &worker, full);
+                        flush(key, full, &mut in_flight);
                     }
                 }
                 let p = pending.entry(key).or_insert_with(|| Pending {
@@ -186,28 +214,42 @@ async fn run(
                 p.invalidation_time = p.invalidation_time.min(origin.invalidation_time);
                 p.ids.extend_from_slice(&ids);
                 p.waiters.push(done);
-                if p.ids.len() >= batch_size {
-                    let full = pending.remove(&key).expect("just inserted");
-                    flush(&publisher, &worker, full);
+                let idle = in_flight.get(&key).copied().unwrap_or(0) < MAX_IN_FLIGHT_PER_KEY;
+                if p.ids.len() >= batch_size || idle {
+                    let ready = pending.remove(&key).expect("just inserted");
+                    flush(key, ready, &mut in_flight);
+                }
+            }
+            Some(key) = confirmed.recv() => {
+                if let Some(n) = in_flight.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                }
+                // A slot freed: what accumulated meanwhile goes now.
+                if let Some(p) = pending.remove(&key) {
+                    flush(key, p, &mut in_flight);
                 }
             }
             _ = sleep => {
                 let now = Instant::now();
-                let due: Vec<_> = pending.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();
+                let due: Vec<Key> = pending.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();
                 for key in due {
                     if let Some(p) = pending.remove(&key) {
-                        flush(&publisher, &worker, p);
+                        flush(key, p, &mut in_flight);
                     }
                 }
             }
         }
     }
-    for (_, p) in pending.drain() {
-        flush(&publisher, &worker, p);
-    }
 }
 
-fn flush(publisher: &Publisher, worker: &str, p: Pending) {
+/// Publishes one batch in its own task; reports back when it is confirmed (or failed).
+fn publish(
+    publisher: &Publisher,
+    worker: &str,
+    key: Key,
+    p: Pending,
+    confirmed: mpsc::UnboundedSender<Key>,
+) {
     let publisher = publisher.clone();
     let worker = worker.to_string();
     tokio::spawn(async move {
@@ -226,9 +268,9 @@ fn flush(publisher: &Publisher, worker: &str, p: Pending) {
         };
         // `unwrap`: plain data serialises.
         let body = serde_json::to_vec(&batch).unwrap();
-        let key = outbound_routing_key(batch.invalidation_type, batch.index_key);
+        let routing_key = outbound_routing_key(batch.invalidation_type, batch.index_key);
         let result = publisher
-            .publish(Outgoing::json(names::OUTBOUND, &key, &body))
+            .publish(Outgoing::json(names::OUTBOUND, &routing_key, &body))
             .await;
         if result.is_ok() {
             telemetry::ids_published(
@@ -237,6 +279,7 @@ fn flush(publisher: &Publisher, worker: &str, p: Pending) {
                 batch.content_ids.len(),
             );
         }
+        let _ = confirmed.send(key);
         for w in p.waiters {
             let _ = w.send(match &result {
                 Ok(()) => Ok(()),

@@ -213,6 +213,29 @@ impl TestEnv {
         .await;
     }
 
+    /// Publishes every body at once (confirms pipelined), then waits for all confirms.
+    pub async fn publish_burst(&self, exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) {
+        let ch = self.shared_channel().await;
+        let mut confirms = Vec::new();
+        for body in bodies {
+            let props = BasicProperties::default().with_delivery_mode(2);
+            confirms.push(
+                ch.basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(c.await.unwrap().is_ack());
+        }
+    }
+
     /// The test's shared channel (opened on first use).
     pub async fn shared_channel(&self) -> &Channel {
         &self.shared.get_or_init(|| self.channel()).await.1

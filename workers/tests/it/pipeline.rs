@@ -215,7 +215,7 @@ async fn uniform_and_nested_splits_are_exact_too() {
 
 #[tokio::test]
 async fn small_requests_resolve_in_place_and_share_batches() {
-    let env = env_with_catalogue(|c| c.dispatcher.flush_interval = Duration::from_secs(1)).await;
+    let env = env_with_catalogue(|_| {}).await;
     let fleet = env.start(&[WorkerKind::Dispatcher]);
     // Under the limit: resolved without a job.
     let small = expected_ids(|d| d.category.id == 60);
@@ -239,15 +239,12 @@ async fn small_requests_resolve_in_place_and_share_batches() {
         .unwrap()
         .is_none());
 
-    // Many one-id requests for the same type and locale share outbound messages.
-    for i in 0..40 {
-        env.publish(
-            names::REQUESTS,
-            "price",
-            &request("PRICE", "id", &[10_000 + i], &["deDE"], &format!("p{i}")),
-        )
-        .await;
-    }
+    // A burst of one-id requests for the same type and locale: while one
+    // batch awaits its confirm, the others accumulate and share messages.
+    let bodies: Vec<Vec<u8>> = (0..40)
+        .map(|i| request("PRICE", "id", &[10_000 + i], &["deDE"], &format!("p{i}")))
+        .collect();
+    env.publish_burst(names::REQUESTS, "price", &bodies).await;
     let (ids, batches) = env
         .collect_ids("productcontent_price_de_de", 40, Duration::from_secs(30))
         .await;
