@@ -13,6 +13,8 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 use elasticsearch::http::{Method, Url};
 use elasticsearch::Elasticsearch;
 use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::broker::redact;
@@ -112,6 +114,26 @@ pub fn group_partitions(buckets: &[(i64, u64)], limit: u64) -> Vec<PartitionGrou
     groups
 }
 
+/// One `search_after` page, decoded into just what the scan needs: the
+/// other fields of each hit are skipped while parsing, not materialised.
+#[derive(Deserialize)]
+struct ScanPage {
+    #[serde(default)]
+    pit_id: Option<String>,
+    hits: ScanHits,
+}
+
+#[derive(Deserialize)]
+struct ScanHits {
+    hits: Vec<ScanHit>,
+}
+
+#[derive(Deserialize)]
+struct ScanHit {
+    /// `[id]`, plus the shard tiebreaker inside an Elasticsearch point in time.
+    sort: Vec<Value>,
+}
+
 #[derive(Clone)]
 pub struct Search {
     client: Elasticsearch,
@@ -138,7 +160,9 @@ impl Search {
 
     /// Checks the cluster answers; the error says how to start one.
     pub async fn ping(&self) -> Result<(), SearchError> {
-        self.call(Method::Get, "/", None, "ping").await.map(|_| ())
+        self.call::<serde::de::IgnoredAny>(Method::Get, "/", None, "ping")
+            .await
+            .map(|_| ())
     }
 
     /// Like [`ping`](Self::ping), with start-up advice.
@@ -152,25 +176,25 @@ impl Search {
         })
     }
 
-    async fn call(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
         op: &'static str,
-    ) -> Result<Value, SearchError> {
+    ) -> Result<T, SearchError> {
         let started = Instant::now();
         let result = self.call_inner(method, path, body).await;
         telemetry::search_latency(op, started.elapsed(), result.is_ok());
         result
     }
 
-    async fn call_inner(
+    async fn call_inner<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, SearchError> {
+    ) -> Result<T, SearchError> {
         let res = self
             .client
             .send::<JsonBody<Value>, ()>(
@@ -186,7 +210,7 @@ impl Search {
         let status = res.status_code();
         if status.is_success() {
             return res
-                .json::<Value>()
+                .json::<T>()
                 .await
                 .map_err(|e| SearchError::Unavailable(format!("unreadable response: {e}")));
         }
@@ -205,7 +229,7 @@ impl Search {
 
     /// Documents matching `query`.
     pub async fn count(&self, index: &str, query: &Value) -> Result<u64, SearchError> {
-        let v = self
+        let v: Value = self
             .call(
                 Method::Post,
                 &format!("/{index}/_count"),
@@ -233,7 +257,7 @@ impl Search {
                 "field": "searchPartition", "size": 1000, "order": { "_key": "asc" }
             } } }
         });
-        let v = self
+        let v: Value = self
             .call(
                 Method::Post,
                 &format!("/{index}/_search"),
@@ -266,7 +290,10 @@ impl Search {
                 "pit_id",
             ),
         };
-        match self.call(Method::Post, &path, None, "open_pit").await {
+        match self
+            .call::<Value>(Method::Post, &path, None, "open_pit")
+            .await
+        {
             Ok(v) => Ok(v[field].as_str().map(str::to_string)),
             // A server without point in time (or the other dialect's
             // endpoint): page without one rather than fail every request.
@@ -284,7 +311,7 @@ impl Search {
             SearchFlavor::Opensearch => ("/_search/point_in_time", json!({ "pit_id": [pit] })),
         };
         if let Err(error) = self
-            .call(Method::Delete, path, Some(body), "close_pit")
+            .call::<serde::de::IgnoredAny>(Method::Delete, path, Some(body), "close_pit")
             .await
         {
             tracing::debug!(%error, "Could not close a point in time; it expires by itself.");
@@ -347,8 +374,8 @@ impl Search {
                 let result = search
                     .call(Method::Post, &path, Some(body), "scan_page")
                     .await;
-                let v = match result {
-                    Ok(v) => v,
+                let page: ScanPage = match result {
+                    Ok(page) => page,
                     Err(e) => {
                         if let Some(pit) = &st.pit {
                             search.close_pit(pit).await;
@@ -356,15 +383,14 @@ impl Search {
                         return Err(e);
                     }
                 };
-                if let Some(new_pit) = v["pit_id"].as_str() {
-                    st.pit = Some(new_pit.to_string());
+                if let Some(new_pit) = page.pit_id {
+                    st.pit = Some(new_pit);
                 }
-                let mut v = v;
-                let hits = match v["hits"]["hits"].take() {
-                    Value::Array(hits) => hits,
-                    _ => Vec::new(),
-                };
-                let ids: Vec<i64> = hits.iter().filter_map(|h| h["sort"][0].as_i64()).collect();
+                let hits = page.hits.hits;
+                let ids: Vec<i64> = hits
+                    .iter()
+                    .filter_map(|h| h.sort.first().and_then(Value::as_i64))
+                    .collect();
                 if ids.len() != hits.len() {
                     return Err(SearchError::Unavailable(
                         "a hit without a numeric `id` sort value".into(),
@@ -376,7 +402,7 @@ impl Search {
                         search.close_pit(pit).await;
                     }
                 } else {
-                    st.after = hits.last().map(|h| h["sort"].clone());
+                    st.after = hits.last().map(|h| Value::Array(h.sort.clone()));
                 }
                 if ids.is_empty() {
                     return Ok(None);
