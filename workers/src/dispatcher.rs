@@ -140,20 +140,34 @@ impl Handler for Dispatcher {
         // A retry must keep the request id generated at first sight.
         let retry_body = v.request.encode();
         let tag = |e: HandlerError| e.with_body(retry_body.clone());
-        if self
-            .kv
-            .is_done(REQUEST_SCOPE, &v.request_id)
-            .await
-            .transient("redis")
-            .map_err(tag)?
+        // Requests naming content ids cost one publish: a duplicate only
+        // repeats ids downstream, which is harmless, and is cheaper than the
+        // Redis round trip that would prevent it. Requests that search are
+        // remembered in Redis so a redelivery does not search again.
+        let remembered = v.request.parameter_name != "id";
+        if remembered
+            && self
+                .kv
+                .is_done(REQUEST_SCOPE, &v.request_id)
+                .await
+                .transient("redis")
+                .map_err(tag)?
         {
             tracing::debug!(request_id = %v.request_id, "Request already processed; acking the duplicate.");
             return Ok(());
         }
         self.dispatch(&v).await.map_err(tag)?;
-        if let Err(error) = self.kv.mark_done(REQUEST_SCOPE, &v.request_id).await {
-            // The outputs are confirmed; a redelivery would only duplicate ids.
-            tracing::warn!(%error, request_id = %v.request_id, "Could not record the request as done.");
+        if remembered {
+            // The outputs are confirmed and the delivery is acked next; the
+            // mark only guards against a later duplicate, so it need not
+            // hold up the ack.
+            let kv = self.kv.clone();
+            let request_id = v.request_id.clone();
+            tokio::spawn(async move {
+                if let Err(error) = kv.mark_done(REQUEST_SCOPE, &request_id).await {
+                    tracing::warn!(%error, %request_id, "Could not record the request as done.");
+                }
+            });
         }
         Ok(())
     }
