@@ -47,9 +47,15 @@ pub fn decode<T: serde::de::DeserializeOwned>(
     kind: &'static str,
     body: &[u8],
 ) -> Result<T, DecodeError> {
-    let value: Value =
+    /// Only the version: every other field is skipped, not built.
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        v: Option<Value>,
+    }
+    let version: Version =
         serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
-    match value.get("v") {
+    match version.v {
         None | Some(Value::Null) => {}
         Some(v) => match v.as_u64() {
             Some(1) => {}
@@ -62,7 +68,8 @@ pub fn decode<T: serde::de::DeserializeOwned>(
             }
         },
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         DecodeError::Shape {

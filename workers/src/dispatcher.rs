@@ -138,8 +138,10 @@ impl Handler for Dispatcher {
             .map_err(|e| HandlerError::permanent(e.class(), e))?;
         let v = validate(&self.ctx.config, request)?;
         // A retry must keep the request id generated at first sight.
-        let retry_body = v.request.encode();
-        let tag = |e: HandlerError| e.with_body(retry_body.clone());
+        let tag = |e: HandlerError| match e {
+            HandlerError::Transient { .. } => e.with_body(v.request.encode()),
+            permanent => permanent,
+        };
         // Requests naming content ids cost one publish: a duplicate only
         // repeats ids downstream, which is harmless, and is cheaper than the
         // Redis round trip that would prevent it. Requests that search are
