@@ -263,6 +263,23 @@ impl Publisher {
     }
 }
 
+/// A queue's depth and consumer count, by a passive declare. A missing queue
+/// fails with NOT_FOUND and closes `ch`: ask on a channel you can lose.
+pub async fn inspect_queue(
+    ch: &Channel,
+    queue: &str,
+) -> Result<deadpool_lapin::lapin::Queue, deadpool_lapin::lapin::Error> {
+    ch.queue_declare(
+        queue.into(),
+        deadpool_lapin::lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Header names the fleet writes. Readers accept their absence.
 pub mod headers {
     pub const ERROR_CLASS: &str = "x-error-class";

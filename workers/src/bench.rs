@@ -534,15 +534,7 @@ async fn wait_for_consumer(
     let deadline = Instant::now() + wait;
     loop {
         worker.check_alive()?;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let q = fleet_shared::broker::inspect_queue(ch, queue)
             .await
             .with_context(|| format!("checking queue {queue}"))?;
         if q.consumer_count() > 0 {

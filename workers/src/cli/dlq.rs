@@ -30,7 +30,7 @@ use fleet_shared::broker::{
 use fleet_shared::config::Config;
 use fleet_shared::db::{self, Replay};
 use fleet_shared::lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions,
 };
 use fleet_shared::lapin::types::{AMQPValue, FieldTable, ShortString};
 use fleet_shared::lapin::{BasicProperties, Channel, Connection};
@@ -143,16 +143,7 @@ async fn queue_info(
 ) -> anyhow::Result<QueueInfo> {
     // A passive declare of a missing queue closes its channel: use a throwaway one.
     let ch = conn.create_channel().await.context("open a channel")?;
-    let declared = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let declared = fleet_shared::broker::inspect_queue(&ch, queue).await;
     match declared {
         Ok(q) => {
             let _ = ch.close(200, "done".into()).await;

@@ -16,7 +16,6 @@ use fleet_shared::broker::{header_text, Identity};
 use fleet_shared::config::Config;
 use fleet_shared::lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
 };
 use fleet_shared::lapin::types::FieldTable;
 use fleet_shared::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -270,15 +269,7 @@ impl TestEnv {
     /// Messages in a queue (ready, not unacked).
     pub async fn depth(&self, queue: &str) -> u32 {
         let ch = self.shared_channel().await;
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let q = fleet_shared::broker::inspect_queue(ch, queue)
             .await
             .unwrap();
         q.message_count()
