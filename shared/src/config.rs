@@ -420,7 +420,7 @@ impl Config {
                 continue;
             };
             // Variables the scripts and CLI use for themselves, not config keys.
-            if matches!(rest, "CONFIG" | "LOG" | "LOG_FORMAT") {
+            if matches!(rest, "CONFIG" | "LOG" | "LOG_FORMAT" | "OPERATOR") {
                 continue;
             }
             let (section, key) = locate(&merged, var, rest)?;

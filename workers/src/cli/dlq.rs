@@ -862,10 +862,7 @@ async fn replay(config: &Config, topo: &Topology, args: ReplayArgs) -> anyhow::R
         queue: queue.to_string(),
         target: target.describe(),
         filter: (!args.filters.is_empty()).then(|| args.filters.join(" ")),
-        operator: std::env::var("USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "unknown".into()),
+        operator: operator(),
         host: identity.host.clone(),
         dry_run: args.dry_run,
         moved: i32::try_from(tally.moved).unwrap_or(i32::MAX),
@@ -965,6 +962,19 @@ async fn purge(
         println!("The parked_messages rows in PostgreSQL are kept (they are the audit trail).");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs the replay, for the record: `FLEET_OPERATOR` (set it in shared
+/// admin shells), else the login name, else the numeric uid.
+fn operator() -> String {
+    ["FLEET_OPERATOR", "USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            format!("uid {}", unsafe { libc::getuid() })
+        })
 }
 
 #[cfg(test)]
