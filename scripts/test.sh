@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
 # Unit tests, then the integration tests (one binary against RabbitMQ,
 # PostgreSQL, Redis and osmem-server; each test in its own vhost and database).
-cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-6}"
+# No doc tests: the crates' examples are the integration tests.
+status=0
+cargo test --workspace --locked --lib --bins --tests -- --test-threads "${TEST_THREADS:-6}" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
