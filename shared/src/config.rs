@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::message::{IndexKey, InvalidationType};
+use crate::message::IndexKey;
 
 /// A refused configuration: always names the key and what was wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -248,9 +248,6 @@ pub struct DispatcherConfig {
     pub flush_interval: Duration,
     /// The fields a request may name as `parameterName` (the allow-list).
     pub fields: BTreeMap<String, FieldRule>,
-    /// Invalidation types served by the fast lane; documentation for `publish`
-    /// and `status` (the routing itself is bindings in the topology file).
-    pub fast_types: Vec<InvalidationType>,
     /// Index keys accepted in requests, and the default when a source event names none.
     pub index_keys: Vec<IndexKey>,
 }
@@ -278,7 +275,6 @@ impl Default for DispatcherConfig {
                 ("listings.id".into(), listings.clone()),
                 ("listings.merchantId".into(), listings),
             ]),
-            fast_types: InvalidationType::DEFAULT_FAST.to_vec(),
             index_keys: IndexKey::ALL.to_vec(),
         }
     }

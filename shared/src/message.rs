@@ -162,7 +162,8 @@ string_enum! {
 }
 
 impl InvalidationType {
-    /// Types served by the fast lane unless configured otherwise.
+    /// Types the shipped topology binds to the fast lane (SPEC §4); the lanes
+    /// themselves are bindings in `topology/fleet.toml`.
     pub const DEFAULT_FAST: &'static [InvalidationType] = &[
         InvalidationType::Price,
         InvalidationType::Stock,

@@ -853,6 +853,16 @@ mod tests {
                 .filter(|b| b.exchange == names::REQUESTS && b.routing_key == ty.snake())
                 .count();
             assert_eq!(lanes, 1, "{ty} is bound to {lanes} lanes");
+            let fast = t.bindings.iter().any(|b| {
+                b.exchange == names::REQUESTS
+                    && b.routing_key == ty.snake()
+                    && b.queue == names::FAST_LANE
+            });
+            assert_eq!(
+                fast,
+                InvalidationType::DEFAULT_FAST.contains(ty),
+                "{ty} is on the wrong lane"
+            );
         }
     }
 
