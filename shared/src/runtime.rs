@@ -19,7 +19,7 @@ use deadpool_lapin::lapin::options::{
 };
 use deadpool_lapin::lapin::types::FieldTable;
 use deadpool_lapin::lapin::BasicProperties;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -323,7 +323,26 @@ async fn run_session<H: Handler>(
 /// Runs the handler and takes the delivery down exactly one path.
 async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
     let started = std::time::Instant::now();
-    let result = handler.handle(&msg).await;
+    // A bug that panics in a handler must not strand the delivery unacked
+    // until the connection drops: it takes the transient path instead, and
+    // is parked once the retry window is over.
+    let result = match std::panic::AssertUnwindSafe(handler.handle(&msg))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(HandlerError::transient(
+                "panic",
+                format!("handler panicked: {what}"),
+            ))
+        }
+    };
     let ack = AckOnce {
         acker: msg.delivery.acker.clone(),
         done: AtomicBool::new(false),
@@ -343,6 +362,8 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
                 }
                 Err(error) => {
                     tracing::error!(%error, "Could not dead-letter; returning the message to the broker.");
+                    // Give the broker a moment before the redelivery.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     ack.requeue().await;
                     "returned"
                 }

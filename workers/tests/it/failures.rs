@@ -390,3 +390,45 @@ async fn a_missing_service_at_start_up_is_named_with_how_to_start_it() {
         );
     }
 }
+
+/// A handler with a bug.
+struct Panics;
+
+impl fleet_shared::runtime::Handler for Panics {
+    async fn handle(
+        &self,
+        _msg: &fleet_shared::runtime::Incoming,
+    ) -> Result<(), fleet_shared::runtime::HandlerError> {
+        panic!("index out of bounds");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_sends_the_message_to_the_retry_path_instead_of_stranding_it() {
+    let env = TestEnv::with(|c| c.retry.delay = Duration::from_secs(60)).await;
+    let ctx = fleet_workers::app::context(&std::sync::Arc::new(env.config.clone()), "test")
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(fleet_shared::runtime::consume(
+        ctx,
+        vec!["source.product".into()],
+        std::sync::Arc::new(Panics),
+        stop.clone(),
+    ));
+    env.publish("source.product", "", br#"{"contentId": 1}"#)
+        .await;
+    let waiting = env
+        .take(names::RETRY_DELAY, 1, Duration::from_secs(15))
+        .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(header(&waiting[0], headers::ERROR_CLASS), "panic");
+    assert!(header(&waiting[0], headers::ERROR_MESSAGE).contains("index out of bounds"));
+    assert_eq!(
+        env.depth("source.product").await,
+        0,
+        "nothing stranded unacked"
+    );
+}
