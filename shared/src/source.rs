@@ -243,9 +243,13 @@ impl FromStr for SourceKind {
         SourceKind::ALL
             .iter()
             .copied()
-            .find(|k| k.as_str() == s)
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
-                format!("unknown source kind {s:?}; expected price, stock, promotion, assortment, product or translation")
+                let all: Vec<&str> = SourceKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "unknown source kind {s:?}; expected one of {}",
+                    all.join(", ")
+                )
             })
     }
 }

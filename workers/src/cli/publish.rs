@@ -78,7 +78,7 @@ pub struct PublishArgs {
 pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
     match &args.source {
         Some(kind) => {
-            let kind = source_kind(kind)?;
+            let kind: SourceKind = kind.parse().map_err(anyhow::Error::msg)?;
             let body = read_body(&args)?.ok_or_else(|| {
                 anyhow::anyhow!("a source event needs --file FILE, --file - or --json '{{…}}'")
             })?;
@@ -139,21 +139,6 @@ pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The source kind named `name`, or an error listing the valid ones.
-pub fn source_kind(name: &str) -> anyhow::Result<SourceKind> {
-    SourceKind::ALL
-        .iter()
-        .copied()
-        .find(|k| k.as_str().eq_ignore_ascii_case(name))
-        .ok_or_else(|| {
-            let all: Vec<&str> = SourceKind::ALL.iter().map(|k| k.as_str()).collect();
-            anyhow::anyhow!(
-                "unknown source kind {name:?}; expected one of {}",
-                all.join(", ")
-            )
-        })
 }
 
 /// The body of `--file` / `--json`, if either was given.
