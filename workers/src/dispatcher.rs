@@ -278,23 +278,36 @@ impl Dispatcher {
             .transient("database")?;
         tracing::info!(job_id = %job.id, request_id = %v.request_id, index_key = %key, hits = count, tasks = tasks.len(), "Split a large request into partition tasks.");
         telemetry::request_split(tasks.len());
-        for t in pending {
-            let task = PartitionTask {
-                v: CURRENT_VERSION,
-                job_id: job.id,
-                task_no: t.task_no,
-                request_id: v.request_id.clone(),
-                invalidation_type: v.request.invalidation_type,
-                index_key: key,
-                parameter_name: v.request.parameter_name.clone(),
-                parameter_ids: v.request.parameter_ids.clone(),
-                partition_from: t.partition_from,
-                partition_to: t.partition_to,
-                invalidation_time: time,
-            };
+        for t in &pending {
+            let task = task_message(job.id, &v.request_id, &v.request, key, time, t);
             publish_task(&self.ctx, &task).await?;
         }
         Ok(())
+    }
+}
+
+/// The message of one partition task of a job: the request's query restricted
+/// to the task row's `searchPartition` range.
+pub fn task_message(
+    job_id: Uuid,
+    request_id: &str,
+    request: &InvalidationRequest,
+    index_key: IndexKey,
+    invalidation_time: i64,
+    row: &db::TaskRow,
+) -> PartitionTask {
+    PartitionTask {
+        v: CURRENT_VERSION,
+        job_id,
+        task_no: row.task_no,
+        request_id: request_id.to_string(),
+        invalidation_type: request.invalidation_type,
+        index_key,
+        parameter_name: request.parameter_name.clone(),
+        parameter_ids: request.parameter_ids.clone(),
+        partition_from: row.partition_from,
+        partition_to: row.partition_to,
+        invalidation_time,
     }
 }
 

@@ -147,23 +147,13 @@ pub async fn republish_pending(
         .index_key
         .parse()
         .map_err(|e: String| HandlerError::permanent("invalid_job", e))?;
+    let time = request
+        .invalidation_time
+        .unwrap_or_else(|| job.created_at.timestamp_millis());
     let mut n = 0;
     for t in tasks.iter().filter(|t| t.status != "done") {
-        let task = PartitionTask {
-            v: CURRENT_VERSION,
-            job_id: job.id,
-            task_no: t.task_no,
-            request_id: job.request_id.clone(),
-            invalidation_type: request.invalidation_type,
-            index_key,
-            parameter_name: request.parameter_name.clone(),
-            parameter_ids: request.parameter_ids.clone(),
-            partition_from: t.partition_from,
-            partition_to: t.partition_to,
-            invalidation_time: request
-                .invalidation_time
-                .unwrap_or_else(|| job.created_at.timestamp_millis()),
-        };
+        let task =
+            crate::dispatcher::task_message(job.id, &job.request_id, &request, index_key, time, t);
         crate::dispatcher::publish_task(ctx, &task).await?;
         n += 1;
     }
