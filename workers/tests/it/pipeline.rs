@@ -39,6 +39,17 @@ async fn completion_events(env: &TestEnv) -> Vec<JobCompleted> {
         .collect()
 }
 
+/// Waits until the job is completed (or panics after `wait`).
+async fn completed_job(pool: &sqlx::PgPool, id: uuid::Uuid, wait: Duration) -> db::JobRow {
+    eventually(wait, "the job to complete", || async {
+        db::job(pool, id)
+            .await
+            .unwrap()
+            .filter(|j| j.state == "completed")
+    })
+    .await
+}
+
 /// Checks a job's tasks: none over the limit unless it covers a single
 /// `searchPartition` value, and the ranges tile the domain.
 async fn check_job(pool: &sqlx::PgPool, id: uuid::Uuid, limit: i64) -> db::JobRow {
@@ -120,13 +131,7 @@ async fn a_split_request_delivers_exactly_the_ids_of_the_unsplit_query() {
     let pool = env.db().await;
     for key in [IndexKey::TrTr, IndexKey::DeDe] {
         let id = job_id("split-1", key);
-        let job = eventually(Duration::from_secs(20), "the job to complete", || async {
-            db::job(&pool, id)
-                .await
-                .unwrap()
-                .filter(|j| j.state == "completed")
-        })
-        .await;
+        let job = completed_job(&pool, id, Duration::from_secs(20)).await;
         assert_eq!(job.total_hits as usize, expected.len());
         check_job(&pool, id, 400).await;
     }
@@ -201,13 +206,7 @@ async fn uniform_and_nested_splits_are_exact_too() {
     let pool = env.db().await;
     for (rid, key) in [("uniform-1", IndexKey::EnAt), ("nested-1", IndexKey::TrTr)] {
         let id = job_id(rid, key);
-        eventually(Duration::from_secs(20), "the job to complete", || async {
-            db::job(&pool, id)
-                .await
-                .unwrap()
-                .filter(|j| j.state == "completed")
-        })
-        .await;
+        completed_job(&pool, id, Duration::from_secs(20)).await;
         check_job(&pool, id, 400).await;
     }
     fleet.stop().await.unwrap();
@@ -312,13 +311,7 @@ async fn a_job_completes_once_even_when_task_messages_are_delivered_twice() {
         )
         .await;
     assert_eq!(ids, expected);
-    eventually(Duration::from_secs(20), "the job to complete", || async {
-        db::job(&pool, id)
-            .await
-            .unwrap()
-            .filter(|j| j.state == "completed")
-    })
-    .await;
+    completed_job(&pool, id, Duration::from_secs(20)).await;
     // Let every duplicate drain, then count completion events.
     eventually(
         Duration::from_secs(20),
@@ -665,13 +658,7 @@ async fn killing_a_partition_worker_mid_job_loses_nothing() {
         )
         .await;
     assert_eq!(ids, expected, "every id arrives despite the kill");
-    let job = eventually(Duration::from_secs(30), "the job to complete", || async {
-        db::job(&pool, id)
-            .await
-            .unwrap()
-            .filter(|j| j.state == "completed")
-    })
-    .await;
+    let job = completed_job(&pool, id, Duration::from_secs(30)).await;
     assert_eq!(job.task_count as usize, done(pool.clone()).await);
     let events: Vec<_> = completion_events(&env)
         .await
