@@ -875,17 +875,7 @@ async fn fanout(
     let queue = outbound_queue(FANOUT_TYPE, KEY);
     let counter = start_counter(conn, &queue, hits, Duration::from_secs(120), outbound_ids).await?;
     let request_id = format!("bench-fanout-{}", Uuid::new_v4());
-    let request = InvalidationRequest {
-        v: CURRENT_VERSION,
-        request_id: Some(request_id.clone()),
-        parameter_ids: supplier_ids,
-        parameter_name: "supplier.id".into(),
-        is_nested_type: false,
-        nested_path_name: None,
-        invalidation_type: FANOUT_TYPE,
-        index_keys: vec![KEY],
-        invalidation_time: None,
-    };
+    let request = fanout_request(&request_id, supplier_ids);
     eprintln!("  fleet: publishing the request, counting ids on {queue}…");
     let body = request.encode();
     let routing_key = request.routing_key();
@@ -1198,17 +1188,10 @@ async fn memory(
                     invalidation_type: FANOUT_TYPE.to_string(),
                     index_key: KEY.to_string(),
                     parameter_name: "supplier.id".into(),
-                    request: serde_json::to_value(InvalidationRequest {
-                        v: CURRENT_VERSION,
-                        request_id: Some(request_id.clone()),
-                        parameter_ids: supplier_ids.clone(),
-                        parameter_name: "supplier.id".into(),
-                        is_nested_type: false,
-                        nested_path_name: None,
-                        invalidation_type: FANOUT_TYPE,
-                        index_keys: vec![KEY],
-                        invalidation_time: None,
-                    })?,
+                    request: serde_json::to_value(fanout_request(
+                        &request_id,
+                        supplier_ids.clone(),
+                    ))?,
                     total_hits: expected as i64,
                 },
                 &[NewTask {
@@ -1456,6 +1439,21 @@ fn report(r: &Results, opts: &Options, machine: &str, command_line: &str) -> Str
         }
     );
     s
+}
+
+/// The fan-out request: every supplier, one index key.
+fn fanout_request(request_id: &str, supplier_ids: Vec<i64>) -> InvalidationRequest {
+    InvalidationRequest {
+        v: CURRENT_VERSION,
+        request_id: Some(request_id.to_string()),
+        parameter_ids: supplier_ids,
+        parameter_name: "supplier.id".into(),
+        is_nested_type: false,
+        nested_path_name: None,
+        invalidation_type: FANOUT_TYPE,
+        index_keys: vec![KEY],
+        invalidation_time: None,
+    }
 }
 
 #[cfg(test)]
