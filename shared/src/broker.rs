@@ -19,6 +19,8 @@ use deadpool_lapin::lapin::{BasicProperties, Channel, Connection, ConnectionProp
 use deadpool_lapin::{Pool, Runtime};
 use tokio::sync::Mutex;
 
+use crate::error::{Service, ServiceError};
+
 /// Who is talking to the broker: shows in the management UI as the
 /// connection name and in every consumer tag.
 #[derive(Debug, Clone)]
@@ -79,16 +81,26 @@ fn properties(identity: &Identity, role: &str) -> ConnectionProperties {
 }
 
 /// Opens a named connection; the error says which service is missing and how to start it.
-pub async fn connect(url: &str, identity: &Identity, role: &str) -> anyhow::Result<Connection> {
+pub async fn connect(
+    url: &str,
+    identity: &Identity,
+    role: &str,
+) -> Result<Connection, ServiceError> {
     Connection::connect(url, properties(identity, role))
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to RabbitMQ at {}: {e}. Is it running? Start it with \
-                 `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
-                redact(url)
-            )
-        })
+        .map_err(|e| unreachable(url, e))
+}
+
+/// The broker did not answer: say where and how to start it.
+fn unreachable(url: &str, cause: impl std::fmt::Display) -> ServiceError {
+    ServiceError::new(
+        Service::RabbitMq,
+        format!(
+            "cannot connect to RabbitMQ at {}: {cause}. Is it running? Start it with \
+             `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
+            redact(url)
+        ),
+    )
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -155,16 +167,18 @@ impl Publisher {
         url: &str,
         identity: &Identity,
         confirm_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, ServiceError> {
         let identity_clone = identity.clone();
         let cfg = deadpool_lapin::Config {
             url: Some(url.to_string()),
             pool: Some(deadpool_lapin::PoolConfig::new(2)),
         };
-        let pool = cfg.create_pool(
-            move || properties(&identity_clone, "publisher"),
-            Runtime::Tokio1,
-        )?;
+        let pool = cfg
+            .create_pool(
+                move || properties(&identity_clone, "publisher"),
+                Runtime::Tokio1,
+            )
+            .map_err(|e| unreachable(url, e))?;
         let publisher = Self {
             inner: Arc::new(PublisherInner {
                 pool,
@@ -184,13 +198,7 @@ impl Publisher {
             Err(deadpool_lapin::PoolError::Backend(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        probe.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to RabbitMQ at {}: {e}. Is it running? Start it with \
-                 `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
-                redact(url)
-            )
-        })?;
+        probe.map_err(|e| unreachable(url, e))?;
         Ok(publisher)
     }
 
@@ -258,8 +266,12 @@ impl Publisher {
     }
 
     /// A fresh connection from the pool, for topology declares.
-    pub async fn connection(&self) -> anyhow::Result<deadpool_lapin::Connection> {
-        Ok(self.inner.pool.get().await?)
+    pub async fn connection(&self) -> Result<deadpool_lapin::Connection, ServiceError> {
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| unreachable(&self.inner.url, e))
     }
 }
 

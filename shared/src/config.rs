@@ -234,6 +234,17 @@ pub struct FieldRule {
     pub path: Option<String>,
 }
 
+impl FieldRule {
+    /// The nested path of the field, when it is nested.
+    pub fn nested_path(&self) -> Option<&str> {
+        if self.nested {
+            self.path.as_deref()
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatcherConfig {

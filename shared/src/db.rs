@@ -12,28 +12,34 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::broker::redact;
+use crate::error::{Service, ServiceError};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects and runs the migrations; the error says how to start PostgreSQL.
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ServiceError> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
         .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to PostgreSQL at {}: {e}. Is it running? Start it with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-                 (or `scripts/services.sh`), or point DATABASE_URL at it.",
-                redact(url)
+            ServiceError::new(
+                Service::PostgreSql,
+                format!(
+                    "cannot connect to PostgreSQL at {}: {e}. Is it running? Start it with \
+                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+                     (or `scripts/services.sh`), or point DATABASE_URL at it.",
+                    redact(url)
+                ),
             )
         })?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("database migrations failed on {}: {e}", redact(url)))?;
+    MIGRATOR.run(&pool).await.map_err(|e| {
+        ServiceError::new(
+            Service::PostgreSql,
+            format!("database migrations failed on {}: {e}", redact(url)),
+        )
+    })?;
     Ok(pool)
 }
 

@@ -7,6 +7,7 @@ use redis::AsyncCommands;
 
 use crate::broker::redact;
 use crate::config::RedisConfig;
+use crate::error::{Service, ServiceError};
 
 #[derive(Clone)]
 pub struct Kv {
@@ -17,13 +18,16 @@ pub struct Kv {
 
 impl Kv {
     /// Connects; the error says how to start Redis.
-    pub async fn connect(cfg: &RedisConfig) -> anyhow::Result<Self> {
+    pub async fn connect(cfg: &RedisConfig) -> Result<Self, ServiceError> {
         let hint = |e: redis::RedisError| {
-            anyhow::anyhow!(
-                "cannot connect to Redis at {}: {e}. Is it running? Start it with \
-                 `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"` \
-                 (or `scripts/services.sh`), or point REDIS_URL at it.",
-                redact(&cfg.url)
+            ServiceError::new(
+                Service::Redis,
+                format!(
+                    "cannot connect to Redis at {}: {e}. Is it running? Start it with \
+                     `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"` \
+                     (or `scripts/services.sh`), or point REDIS_URL at it.",
+                    redact(&cfg.url)
+                ),
             )
         };
         let client = redis::Client::open(cfg.url.as_str()).map_err(hint)?;

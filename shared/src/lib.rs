@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod kv;
 pub mod message;
 pub mod mgmt;

@@ -38,11 +38,17 @@ use crate::topology::names;
 pub enum HandlerError {
     /// Bad input; retrying cannot help. Goes to the queue's dead-letter queue.
     #[error("{class}: {message}")]
-    Permanent { class: String, message: String },
+    Permanent {
+        /// A stable, snake_case name of the failure (`forbidden_field`):
+        /// the `x-error-class` header, a metric label, a replay filter.
+        class: &'static str,
+        message: String,
+    },
     /// A dependency failed; try again after the retry delay.
     #[error("{class}: {message}")]
     Transient {
-        class: String,
+        /// See [`HandlerError::Permanent`]'s `class`.
+        class: &'static str,
         message: String,
         /// A body to retry instead of the original (e.g. with the request id
         /// generated at first sight, so the retry keeps it).
@@ -51,16 +57,16 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
-    pub fn permanent(class: impl Into<String>, message: impl ToString) -> Self {
+    pub fn permanent(class: &'static str, message: impl ToString) -> Self {
         HandlerError::Permanent {
-            class: class.into(),
+            class,
             message: message.to_string(),
         }
     }
 
-    pub fn transient(class: impl Into<String>, message: impl ToString) -> Self {
+    pub fn transient(class: &'static str, message: impl ToString) -> Self {
         HandlerError::Transient {
-            class: class.into(),
+            class,
             message: message.to_string(),
             body: None,
         }
@@ -78,7 +84,7 @@ impl HandlerError {
         }
     }
 
-    pub fn class(&self) -> &str {
+    pub fn class(&self) -> &'static str {
         match self {
             HandlerError::Permanent { class, .. } | HandlerError::Transient { class, .. } => class,
         }
@@ -100,15 +106,15 @@ impl From<PublishError> for HandlerError {
 
 /// Tags an error at the call site: `search.count(..).await.transient("search")?`.
 pub trait Classify<T> {
-    fn transient(self, class: &str) -> Result<T, HandlerError>;
-    fn permanent(self, class: &str) -> Result<T, HandlerError>;
+    fn transient(self, class: &'static str) -> Result<T, HandlerError>;
+    fn permanent(self, class: &'static str) -> Result<T, HandlerError>;
 }
 
 impl<T, E: std::fmt::Display> Classify<T> for Result<T, E> {
-    fn transient(self, class: &str) -> Result<T, HandlerError> {
+    fn transient(self, class: &'static str) -> Result<T, HandlerError> {
         self.map_err(|e| HandlerError::transient(class, e))
     }
-    fn permanent(self, class: &str) -> Result<T, HandlerError> {
+    fn permanent(self, class: &'static str) -> Result<T, HandlerError> {
         self.map_err(|e| HandlerError::permanent(class, e))
     }
 }
@@ -198,20 +204,20 @@ pub async fn consume<H: Handler>(
     queues: Vec<String>,
     handler: Arc<H>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let mut backoff = Duration::from_millis(250);
     let max_backoff = ctx.config.amqp.reconnect_max_backoff;
     let worker = ctx.identity.worker.clone();
     loop {
         if shutdown.is_cancelled() {
-            return Ok(());
+            return;
         }
         let conn = match broker::connect(&ctx.config.amqp.url, &ctx.identity, "consumer").await {
             Ok(c) => c,
             Err(error) => {
                 tracing::warn!(%error, ?backoff, worker, "Broker unreachable; retrying.");
                 if sleep_or_shutdown(backoff, &shutdown).await {
-                    return Ok(());
+                    return;
                 }
                 backoff = (backoff * 2).min(max_backoff);
                 continue;
@@ -220,7 +226,7 @@ pub async fn consume<H: Handler>(
         let session = run_session(&ctx, &conn, &queues, handler.clone(), &shutdown).await;
         let _ = conn.close(200, "worker stopping".into()).await;
         match session {
-            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Shutdown) => return,
             Ok(SessionEnd::Lost) => {
                 tracing::warn!(worker, "Lost the broker connection; reconnecting.");
                 backoff = Duration::from_millis(250);
@@ -228,7 +234,7 @@ pub async fn consume<H: Handler>(
             Err(error) => {
                 tracing::warn!(%error, worker, "Consumer failed; reconnecting.");
                 if sleep_or_shutdown(backoff, &shutdown).await {
-                    return Ok(());
+                    return;
                 }
                 backoff = (backoff * 2).min(max_backoff);
             }
@@ -254,7 +260,7 @@ async fn run_session<H: Handler>(
     queues: &[String],
     handler: Arc<H>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<SessionEnd> {
+) -> Result<SessionEnd, deadpool_lapin::lapin::Error> {
     let channel = conn.create_channel().await?;
     // Re-applied on every (re)connection: recovery does not restore it.
     channel

@@ -413,6 +413,18 @@ impl Search {
     }
 }
 
+/// A search failure as a handler failure: an outage is retried later, a
+/// query the cluster refuses is the request's fault.
+impl From<SearchError> for crate::runtime::HandlerError {
+    fn from(e: SearchError) -> Self {
+        if e.is_transient() {
+            Self::transient("search_unavailable", e)
+        } else {
+            Self::permanent("search_rejected", e)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

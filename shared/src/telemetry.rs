@@ -17,6 +17,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use crate::error::{Service, ServiceError};
+
 /// Sets up tracing. `json` gives one JSON object per line. The default filter
 /// keeps lapin's chatter at warnings.
 pub fn init_tracing(json: bool) {
@@ -164,14 +166,18 @@ pub async fn serve(
     listen: &str,
     health: Health,
     shutdown: CancellationToken,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> Result<std::net::SocketAddr, ServiceError> {
     metrics_handle();
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {listen} for /metrics: {e}; set FLEET_WORKER_METRICS_LISTEN"
+    let cannot = |e: std::io::Error| {
+        ServiceError::new(
+            Service::Metrics,
+            format!("cannot listen on {listen} for /metrics: {e}; set FLEET_WORKER_METRICS_LISTEN"),
         )
-    })?;
-    let addr = listener.local_addr()?;
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(cannot)?;
+    let addr = listener.local_addr().map_err(cannot)?;
     let app = Router::new()
         .route("/metrics", get(metrics_route))
         .route("/healthz", get(health_route))

@@ -207,13 +207,18 @@ pub async fn run(
                 );
                 // One consumer per lane, each on its own connection and
                 // prefetch: a slow bulk request never holds up the fast lane.
-                tasks.spawn(consume(
+                tasks.spawn(until_stopped(consume(
                     ctx.clone(),
                     vec![names::FAST_LANE.into()],
                     h.clone(),
                     stop.clone(),
-                ));
-                tasks.spawn(consume(ctx, vec![names::BULK_LANE.into()], h, stop));
+                )));
+                tasks.spawn(until_stopped(consume(
+                    ctx,
+                    vec![names::BULK_LANE.into()],
+                    h,
+                    stop,
+                )));
             }
             WorkerKind::Partition => {
                 let h = PartitionWorker::new(
@@ -221,19 +226,29 @@ pub async fn run(
                     s.search.clone().expect("search"),
                     s.db.clone().expect("db"),
                 );
-                tasks.spawn(consume(ctx, vec![names::PARTITIONS.into()], h, stop));
+                tasks.spawn(until_stopped(consume(
+                    ctx,
+                    vec![names::PARTITIONS.into()],
+                    h,
+                    stop,
+                )));
             }
             WorkerKind::Retry => {
                 let h = RetryHandler::new(ctx.clone(), s.db.clone().expect("db"));
-                tasks.spawn(consume(ctx, vec![names::RETRY_READY.into()], h, stop));
+                tasks.spawn(until_stopped(consume(
+                    ctx,
+                    vec![names::RETRY_READY.into()],
+                    h,
+                    stop,
+                )));
             }
             WorkerKind::Ingest => {
-                tasks.spawn(consume(
+                tasks.spawn(until_stopped(consume(
                     ctx.clone(),
                     Ingest::queues(),
                     Ingest::new(ctx),
                     stop,
-                ));
+                )));
             }
             WorkerKind::Sweeper => {
                 let sw = Sweeper::new(ctx, s.db.clone().expect("db"), s.kv.clone().expect("kv"));
@@ -260,6 +275,12 @@ pub async fn run(
     }
     tracing::info!("Fleet stopped.");
     result
+}
+
+/// A consumer runs until shutdown; as a worker task it never fails.
+async fn until_stopped(consumer: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    consumer.await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM, then cancels `token`; a second signal exits at once.

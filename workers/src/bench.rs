@@ -888,7 +888,7 @@ async fn fanout(
     let fleet_secs = counted.last_new.duration_since(t).as_secs_f64();
     let worker_hwm_kib = read_status_kib(worker.pid, "VmHWM").unwrap_or(0);
     let pool = db::connect(&env.config.database.url, 1).await?;
-    let tasks = db::job(&pool, crate::dispatcher::job_id(&request_id, KEY))
+    let tasks = db::job(&pool, crate::job::id(&request_id, KEY))
         .await?
         .map(|j| j.task_count as usize)
         .unwrap_or(0);
@@ -1246,7 +1246,7 @@ async fn memory(
                 invalidation_time: now_millis(),
             };
             let t = Instant::now();
-            crate::dispatcher::publish_task(ctx, &task)
+            crate::job::publish_task(ctx, &task)
                 .await
                 .map_err(|e| anyhow::anyhow!("publishing the partition task: {e}"))?;
             let counted = join_counter(counter).await;

@@ -3,36 +3,19 @@
 
 use std::sync::Arc;
 
-use fleet_shared::broker::Outgoing;
 use fleet_shared::config::{Config, FieldRule};
-use fleet_shared::db::{self, NewJob, NewTask};
 use fleet_shared::kv::Kv;
-use fleet_shared::message::{
-    new_request_id, now_millis, IndexKey, InvalidationRequest, PartitionTask, CURRENT_VERSION,
-};
+use fleet_shared::message::{new_request_id, now_millis, IndexKey, InvalidationRequest};
 use fleet_shared::runtime::{Classify, Context, Handler, HandlerError, Incoming};
-use fleet_shared::search::{group_partitions, terms_query, Search, SearchError};
-use fleet_shared::telemetry;
-use fleet_shared::topology::names;
+use fleet_shared::search::{group_partitions, terms_query, Search};
 use futures::StreamExt;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::batcher::{Batcher, Origin};
+use crate::job;
 
 /// Idempotency scope of processed requests in Redis.
 pub const REQUEST_SCOPE: &str = "request";
-
-/// Namespace of job ids: a job id is derived from the request id and index
-/// key, so a redelivered request finds its job instead of creating another.
-const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0f_2f4e_83b1_4c59_9a51_0e2b_7d3c_11f0);
-
-pub fn job_id(request_id: &str, index_key: IndexKey) -> Uuid {
-    Uuid::new_v5(
-        &JOB_NAMESPACE,
-        format!("{request_id}/{index_key}").as_bytes(),
-    )
-}
 
 pub struct Dispatcher {
     pub ctx: Context,
@@ -115,23 +98,6 @@ pub fn validate(
     })
 }
 
-/// The nested path of a field, when the allow-list says it is nested.
-pub fn nested_path(rule: &FieldRule) -> Option<&str> {
-    if rule.nested {
-        rule.path.as_deref()
-    } else {
-        None
-    }
-}
-
-pub fn search_error(e: SearchError) -> HandlerError {
-    if e.is_transient() {
-        HandlerError::transient("search_unavailable", e)
-    } else {
-        HandlerError::permanent("search_rejected", e)
-    }
-}
-
 impl Handler for Dispatcher {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
         let request = InvalidationRequest::decode(msg.body())
@@ -203,12 +169,8 @@ impl Dispatcher {
         }
         for &key in &v.index_keys {
             let index = self.search.config().index_for(key).to_string();
-            let query = terms_query(&r.parameter_name, &r.parameter_ids, nested_path(&v.rule));
-            let count = self
-                .search
-                .count(&index, &query)
-                .await
-                .map_err(search_error)?;
+            let query = terms_query(&r.parameter_name, &r.parameter_ids, v.rule.nested_path());
+            let count = self.search.count(&index, &query).await?;
             if count == 0 {
                 continue;
             }
@@ -217,7 +179,7 @@ impl Dispatcher {
                 let mut sink = self.batcher.sink(max_in_flight);
                 let mut pages = std::pin::pin!(self.search.scan(&index, query));
                 while let Some(page) = pages.next().await {
-                    let ids = page.map_err(search_error)?;
+                    let ids = page?;
                     sink.push(&origin, &ids).await?;
                 }
                 sink.finish().await?;
@@ -248,79 +210,23 @@ impl Dispatcher {
         count: u64,
         time: i64,
     ) -> Result<(), HandlerError> {
-        let buckets = self
-            .search
-            .partition_histogram(index, query)
-            .await
-            .map_err(search_error)?;
+        let buckets = self.search.partition_histogram(index, query).await?;
         let groups = group_partitions(&buckets, self.ctx.config.dispatcher.split_limit);
-        let tasks: Vec<NewTask> = groups
-            .iter()
-            .map(|g| NewTask {
-                from: g.from,
-                to: g.to,
-                expected_hits: g.hits as i64,
-            })
-            .collect();
-        let mut stored = v.request.clone();
-        stored.invalidation_time = Some(time);
-        let job = NewJob {
-            id: job_id(&v.request_id, key),
-            request_id: v.request_id.clone(),
-            invalidation_type: v.request.invalidation_type.to_string(),
-            index_key: key.to_string(),
-            parameter_name: v.request.parameter_name.clone(),
-            request: serde_json::to_value(&stored).unwrap_or_default(),
-            total_hits: count as i64,
-        };
-        let pending = db::create_job(&self.db, &job, &tasks)
-            .await
-            .transient("database")?;
-        tracing::info!(job_id = %job.id, request_id = %v.request_id, index_key = %key, hits = count, tasks = tasks.len(), "Split a large request into partition tasks.");
-        telemetry::request_split(tasks.len());
-        for t in &pending {
-            let task = task_message(job.id, &v.request_id, &v.request, key, time, t);
-            publish_task(&self.ctx, &task).await?;
-        }
+        job::create(
+            &self.ctx,
+            &self.db,
+            job::Split {
+                request_id: &v.request_id,
+                request: &v.request,
+                index_key: key,
+                invalidation_time: time,
+                total_hits: count,
+                groups: &groups,
+            },
+        )
+        .await?;
         Ok(())
     }
-}
-
-/// The message of one partition task of a job: the request's query restricted
-/// to the task row's `searchPartition` range.
-pub fn task_message(
-    job_id: Uuid,
-    request_id: &str,
-    request: &InvalidationRequest,
-    index_key: IndexKey,
-    invalidation_time: i64,
-    row: &db::TaskRow,
-) -> PartitionTask {
-    PartitionTask {
-        v: CURRENT_VERSION,
-        job_id,
-        task_no: row.task_no,
-        request_id: request_id.to_string(),
-        invalidation_type: request.invalidation_type,
-        index_key,
-        parameter_name: request.parameter_name.clone(),
-        parameter_ids: request.parameter_ids.clone(),
-        partition_from: row.partition_from,
-        partition_to: row.partition_to,
-        invalidation_time,
-    }
-}
-
-/// Publishes one partition task (confirmed).
-pub async fn publish_task(ctx: &Context, task: &PartitionTask) -> Result<(), HandlerError> {
-    // `unwrap`: plain data serialises.
-    let body = serde_json::to_vec(task).unwrap();
-    let mut msg = Outgoing::json(names::PARTITIONS, names::PARTITION_KEY, &body);
-    msg.properties = msg
-        .properties
-        .with_message_id(format!("{}/{}", task.job_id, task.task_no).into());
-    ctx.publisher.publish(msg).await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -353,11 +259,5 @@ mod tests {
         assert!(ok.rule.nested);
         assert_eq!(ok.index_keys.len(), 7);
         assert!(ok.request.request_id.is_some());
-    }
-
-    #[test]
-    fn job_ids_are_stable_per_request_and_key() {
-        assert_eq!(job_id("r", IndexKey::TrTr), job_id("r", IndexKey::TrTr));
-        assert_ne!(job_id("r", IndexKey::TrTr), job_id("r", IndexKey::DeDe));
     }
 }

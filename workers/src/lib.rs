@@ -11,6 +11,7 @@ pub mod catalogue;
 pub mod cli;
 pub mod dispatcher;
 pub mod ingest;
+pub mod job;
 pub mod partition;
 pub mod retry;
 pub mod sweeper;

@@ -11,7 +11,7 @@ use fleet_shared::runtime::Context;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::partition::{announce, republish_pending};
+use crate::job::{announce, republish_pending};
 
 pub const LOCK: &str = "sweeper";
 

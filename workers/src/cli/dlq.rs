@@ -123,7 +123,7 @@ pub async fn run(config: &Config, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<Connection> {
-    broker::connect(&config.amqp.url, &Identity::new("cli"), "dlq").await
+    Ok(broker::connect(&config.amqp.url, &Identity::new("cli"), "dlq").await?)
 }
 
 // ------------------------------------------------------------------ queues

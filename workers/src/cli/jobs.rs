@@ -159,7 +159,7 @@ async fn resume(config: &Config, pool: &PgPool, job: &JobRow) -> anyhow::Result<
         return Ok(ExitCode::SUCCESS);
     }
     let ctx = crate::app::context(&Arc::new(config.clone()), "cli").await?;
-    let n = crate::partition::republish_pending(&ctx, job, &pending)
+    let n = crate::job::republish_pending(&ctx, job, &pending)
         .await
         .with_context(|| format!("cannot re-publish the tasks of job {}", job.id))?;
     println!(

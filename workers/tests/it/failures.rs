@@ -422,7 +422,7 @@ async fn a_panicking_handler_sends_the_message_to_the_retry_path_instead_of_stra
         .take(names::RETRY_DELAY, 1, Duration::from_secs(15))
         .await;
     stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.await.unwrap();
     assert_eq!(waiting.len(), 1);
     assert_eq!(header(&waiting[0], headers::ERROR_CLASS), "panic");
     assert!(header(&waiting[0], headers::ERROR_MESSAGE).contains("index out of bounds"));

@@ -9,7 +9,7 @@ use fleet_shared::message::{IndexKey, InvalidationType, JobCompleted};
 use fleet_shared::topology::names;
 use fleet_workers::app::WorkerKind;
 use fleet_workers::catalogue::{self, Spec};
-use fleet_workers::dispatcher::job_id;
+use fleet_workers::job;
 
 use crate::common::*;
 
@@ -130,7 +130,7 @@ async fn a_split_request_delivers_exactly_the_ids_of_the_unsplit_query() {
     }
     let pool = env.db().await;
     for key in [IndexKey::TrTr, IndexKey::DeDe] {
-        let id = job_id("split-1", key);
+        let id = job::id("split-1", key);
         let job = completed_job(&pool, id, Duration::from_secs(20)).await;
         assert_eq!(job.total_hits as usize, expected.len());
         check_job(&pool, id, 400).await;
@@ -205,7 +205,7 @@ async fn uniform_and_nested_splits_are_exact_too() {
 
     let pool = env.db().await;
     for (rid, key) in [("uniform-1", IndexKey::EnAt), ("nested-1", IndexKey::TrTr)] {
-        let id = job_id(rid, key);
+        let id = job::id(rid, key);
         completed_job(&pool, id, Duration::from_secs(20)).await;
         check_job(&pool, id, 400).await;
     }
@@ -233,7 +233,7 @@ async fn small_requests_resolve_in_place_and_share_batches() {
         )
         .await;
     assert_eq!(ids, small);
-    assert!(db::job(&env.db().await, job_id("small-1", IndexKey::TrTr))
+    assert!(db::job(&env.db().await, job::id("small-1", IndexKey::TrTr))
         .await
         .unwrap()
         .is_none());
@@ -271,7 +271,7 @@ async fn a_job_completes_once_even_when_task_messages_are_delivered_twice() {
     )
     .await;
     let pool = env.db().await;
-    let id = job_id("dup-1", IndexKey::TrTr);
+    let id = job::id("dup-1", IndexKey::TrTr);
     let job = eventually(Duration::from_secs(20), "the job to exist", || async {
         db::job(&pool, id).await.unwrap()
     })
@@ -472,7 +472,7 @@ async fn one_sweeper_at_a_time_republishes_stalled_tasks_and_the_job_completes()
         "v": 1, "requestId": "stalled-1", "parameterIds": [3], "parameterName": "brand.id",
         "invalidationType": "ASSORTMENT", "indexKeys": ["trTR"], "invalidationTime": fleet_shared::message::now_millis(),
     });
-    let id = job_id("stalled-1", IndexKey::TrTr);
+    let id = job::id("stalled-1", IndexKey::TrTr);
     let job = db::NewJob {
         id,
         request_id: "stalled-1".into(),
@@ -607,7 +607,7 @@ async fn killing_a_partition_worker_mid_job_loses_nothing() {
     )
     .await;
     let pool = env.db().await;
-    let id = job_id("kill-1", IndexKey::EnBe);
+    let id = job::id("kill-1", IndexKey::EnBe);
     let job = eventually(Duration::from_secs(20), "the job", || async {
         db::job(&pool, id).await.unwrap()
     })

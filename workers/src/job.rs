@@ -1,0 +1,266 @@
+//! The split job (SPEC §3 steps 4–5, §6 "stalled jobs"): the protocol and
+//! lifecycle of a request that was too large to resolve in place.
+//!
+//! A job is one (request, index key) pair. It is created with its partition
+//! tasks in one PostgreSQL transaction, then one task message per task is
+//! published to `invalidation.partitions`. A partition worker starts a task,
+//! streams its ids, and finishes it; the finisher of the last task completes
+//! the job and announces it (`job.completed` on `invalidation.events`). The
+//! sweeper and `fleet jobs resume` re-publish tasks that stalled and announce
+//! completions that were never confirmed.
+//!
+//! Every step is idempotent, so a redelivered request, a duplicated task
+//! message or a re-run after a crash does no double effect:
+//! - the job id is derived from the request id and index key, and a job that
+//!   exists is found, not created again;
+//! - a task marks only its own row, under a `status <> 'done'` guard;
+//! - the job completes under a `state <> 'completed'` guard, so one caller
+//!   gets to announce it.
+//!
+//! The dispatcher, the partition worker, the sweeper and `fleet jobs` all go
+//! through this module and never through each other.
+
+use fleet_shared::broker::Outgoing;
+use fleet_shared::db::{self, JobRow, NewJob, NewTask, TaskRow};
+use fleet_shared::message::{
+    IndexKey, InvalidationRequest, JobCompleted, PartitionTask, CURRENT_VERSION,
+};
+use fleet_shared::runtime::{Classify, Context, HandlerError};
+use fleet_shared::search::PartitionGroup;
+use fleet_shared::telemetry;
+use fleet_shared::topology::names;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Namespace of job ids: a job id is derived from the request id and index
+/// key, so a redelivered request finds its job instead of creating another.
+const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0f_2f4e_83b1_4c59_9a51_0e2b_7d3c_11f0);
+
+/// The id of the job of `request_id` on `index_key`.
+pub fn id(request_id: &str, index_key: IndexKey) -> Uuid {
+    Uuid::new_v5(
+        &JOB_NAMESPACE,
+        format!("{request_id}/{index_key}").as_bytes(),
+    )
+}
+
+/// What the dispatcher knows when it splits a request on one index key.
+pub struct Split<'a> {
+    pub request_id: &'a str,
+    pub request: &'a InvalidationRequest,
+    pub index_key: IndexKey,
+    /// The time the whole request's window counts from.
+    pub invalidation_time: i64,
+    /// The count of the unsplit query.
+    pub total_hits: u64,
+    /// The groups of `searchPartition` buckets, one task each.
+    pub groups: &'a [PartitionGroup],
+}
+
+/// Records the job with its tasks (or finds it, when the request was seen
+/// before) and publishes every task that is not done. Returns the job id and
+/// how many task messages went out. The job is committed before any task
+/// is published, and every publish is confirmed, so the caller may ack.
+pub async fn create(
+    ctx: &Context,
+    pool: &PgPool,
+    split: Split<'_>,
+) -> Result<(Uuid, usize), HandlerError> {
+    let job_id = id(split.request_id, split.index_key);
+    let tasks: Vec<NewTask> = split
+        .groups
+        .iter()
+        .map(|g| NewTask {
+            from: g.from,
+            to: g.to,
+            expected_hits: g.hits as i64,
+        })
+        .collect();
+    let mut stored = split.request.clone();
+    stored.invalidation_time = Some(split.invalidation_time);
+    let job = NewJob {
+        id: job_id,
+        request_id: split.request_id.to_string(),
+        invalidation_type: split.request.invalidation_type.to_string(),
+        index_key: split.index_key.to_string(),
+        parameter_name: split.request.parameter_name.clone(),
+        // `unwrap_or_default`: plain data serialises.
+        request: serde_json::to_value(&stored).unwrap_or_default(),
+        total_hits: split.total_hits as i64,
+    };
+    let pending = db::create_job(pool, &job, &tasks)
+        .await
+        .transient("database")?;
+    tracing::info!(%job_id, request_id = %split.request_id, index_key = %split.index_key, hits = split.total_hits, tasks = tasks.len(), "Split a large request into partition tasks.");
+    telemetry::request_split(tasks.len());
+    for row in &pending {
+        let task = task_message(
+            job_id,
+            split.request_id,
+            split.request,
+            split.index_key,
+            split.invalidation_time,
+            row,
+        );
+        publish_task(ctx, &task).await?;
+    }
+    Ok((job_id, pending.len()))
+}
+
+/// The message of one partition task of a job: the request's query restricted
+/// to the task row's `searchPartition` range.
+pub fn task_message(
+    job_id: Uuid,
+    request_id: &str,
+    request: &InvalidationRequest,
+    index_key: IndexKey,
+    invalidation_time: i64,
+    row: &TaskRow,
+) -> PartitionTask {
+    PartitionTask {
+        v: CURRENT_VERSION,
+        job_id,
+        task_no: row.task_no,
+        request_id: request_id.to_string(),
+        invalidation_type: request.invalidation_type,
+        index_key,
+        parameter_name: request.parameter_name.clone(),
+        parameter_ids: request.parameter_ids.clone(),
+        partition_from: row.partition_from,
+        partition_to: row.partition_to,
+        invalidation_time,
+    }
+}
+
+/// Publishes one partition task (confirmed). The message id names the job
+/// and task, so duplicates are recognisable in the management UI.
+pub async fn publish_task(ctx: &Context, task: &PartitionTask) -> Result<(), HandlerError> {
+    // `unwrap`: plain data serialises.
+    let body = serde_json::to_vec(task).unwrap();
+    let mut msg = Outgoing::json(names::PARTITIONS, names::PARTITION_KEY, &body);
+    msg.properties = msg
+        .properties
+        .with_message_id(format!("{}/{}", task.job_id, task.task_no).into());
+    ctx.publisher.publish(msg).await?;
+    Ok(())
+}
+
+/// Marks a task running (and counts the attempt). `false` when the task is
+/// already done: the delivery is a duplicate, and the caller only makes sure
+/// the job was completed (see [`finish`]).
+pub async fn start_task(pool: &PgPool, task: &PartitionTask) -> Result<bool, HandlerError> {
+    db::start_task(pool, task.job_id, task.task_no)
+        .await
+        .transient("database")
+}
+
+/// Marks a task done with its hit count, then completes and announces the
+/// job if that was its last task.
+pub async fn finish_task(
+    ctx: &Context,
+    pool: &PgPool,
+    task: &PartitionTask,
+    hits: u64,
+) -> Result<(), HandlerError> {
+    if db::finish_task(pool, task.job_id, task.task_no, hits as i64)
+        .await
+        .transient("database")?
+    {
+        complete_if_done(ctx, pool, task.job_id).await?;
+    }
+    Ok(())
+}
+
+/// Completes the job when no task is left and announces it. Only the caller
+/// whose update flipped the job's state announces.
+pub async fn complete_if_done(
+    ctx: &Context,
+    pool: &PgPool,
+    job_id: Uuid,
+) -> Result<(), HandlerError> {
+    if let Some(job) = db::complete_job_if_done(pool, job_id)
+        .await
+        .transient("database")?
+    {
+        announce(ctx, pool, &job).await?;
+    }
+    Ok(())
+}
+
+/// Publishes the completion event of a job and records that it was confirmed.
+pub async fn announce(ctx: &Context, pool: &PgPool, job: &JobRow) -> Result<(), HandlerError> {
+    let completed = job.completed_at.unwrap_or_else(chrono::Utc::now);
+    let hits: i64 = db::tasks(pool, job.id)
+        .await
+        .transient("database")?
+        .iter()
+        .filter_map(|t| t.hits)
+        .sum();
+    let event = JobCompleted {
+        v: CURRENT_VERSION,
+        job_id: job.id,
+        request_id: job.request_id.clone(),
+        invalidation_type: job
+            .invalidation_type
+            .parse()
+            .map_err(|e: String| HandlerError::permanent("invalid_job", e))?,
+        index_key: job
+            .index_key
+            .parse()
+            .map_err(|e: String| HandlerError::permanent("invalid_job", e))?,
+        tasks: job.task_count,
+        hits,
+        created_at: job.created_at.timestamp_millis(),
+        completed_at: completed.timestamp_millis(),
+    };
+    // `unwrap`: plain data serialises.
+    let body = serde_json::to_vec(&event).unwrap();
+    let mut msg = Outgoing::json(names::EVENTS, names::JOB_COMPLETED, &body);
+    msg.properties = msg
+        .properties
+        .with_message_id(format!("job.completed/{}", job.id).into());
+    ctx.publisher.publish(msg).await?;
+    db::mark_event_published(pool, job.id)
+        .await
+        .transient("database")?;
+    let took = (completed - job.created_at).to_std().unwrap_or_default();
+    telemetry::job_completed(took);
+    tracing::info!(job_id = %job.id, request_id = %job.request_id, hits, tasks = job.task_count, "Job completed.");
+    Ok(())
+}
+
+/// Re-publishes the tasks of a job that are not done (sweeper and `jobs resume`).
+pub async fn republish_pending(
+    ctx: &Context,
+    job: &JobRow,
+    tasks: &[TaskRow],
+) -> Result<usize, HandlerError> {
+    let request: InvalidationRequest = serde_json::from_value(job.request.clone())
+        .map_err(|e| HandlerError::permanent("invalid_job", e))?;
+    let index_key = job
+        .index_key
+        .parse()
+        .map_err(|e: String| HandlerError::permanent("invalid_job", e))?;
+    let time = request
+        .invalidation_time
+        .unwrap_or_else(|| job.created_at.timestamp_millis());
+    let mut n = 0;
+    for t in tasks.iter().filter(|t| t.status != "done") {
+        let task = task_message(job.id, &job.request_id, &request, index_key, time, t);
+        publish_task(ctx, &task).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_stable_per_request_and_key() {
+        assert_eq!(id("r", IndexKey::TrTr), id("r", IndexKey::TrTr));
+        assert_ne!(id("r", IndexKey::TrTr), id("r", IndexKey::DeDe));
+        assert_ne!(id("r", IndexKey::TrTr), id("s", IndexKey::TrTr));
+    }
+}
