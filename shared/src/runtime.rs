@@ -361,7 +361,7 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
         }
         Err(HandlerError::Permanent { class, message }) => {
             tracing::warn!(worker, queue = %msg.queue, error_class = %class, error = %message, "Message failed permanently; dead-lettering it.");
-            match dead_letter(ctx, &msg, &class, &message).await {
+            match dead_letter(ctx, &msg, class, &message).await {
                 Ok(()) => {
                     ack.ack().await;
                     "dead_lettered"
@@ -381,7 +381,7 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
             body,
         }) => {
             tracing::warn!(worker, queue = %msg.queue, error_class = %class, error = %message, "Message failed transiently; sending it to the retry delay queue.");
-            match send_to_retry(ctx, &msg, &class, &message, body).await {
+            match send_to_retry(ctx, &msg, class, &message, body).await {
                 Ok(()) => {
                     ack.ack().await;
                     "retried"
