@@ -297,12 +297,23 @@ pub struct PartitionConfig {
     /// Outbound batches a partition worker may have awaiting confirms at once;
     /// bounds memory while streaming (it never collects a whole result).
     pub max_in_flight_batches: usize,
+    /// A task started this many times without finishing (its worker keeps
+    /// dying on it, or it keeps coming back) ends `failed` and its message
+    /// is dead-lettered, instead of being re-published forever. Above the
+    /// retries one retry window allows, so it only stops real loops.
+    pub max_attempts: u32,
+    /// How often a running task shows it is alive; keep it well under
+    /// `sweeper.stall_after`, which re-publishes tasks that stopped showing it.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
 }
 
 impl Default for PartitionConfig {
     fn default() -> Self {
         Self {
             max_in_flight_batches: 8,
+            max_attempts: 25,
+            heartbeat: Duration::from_secs(30),
         }
     }
 }
@@ -310,7 +321,9 @@ impl Default for PartitionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweeperConfig {
-    /// A task not done and untouched for this long is re-published.
+    /// A task running without a heartbeat for this long (its worker died), or
+    /// pending this long while the partition queue holds no backlog (its
+    /// message was lost), is re-published.
     #[serde(with = "humantime_serde")]
     pub stall_after: Duration,
     /// Pause between two sweeps.

@@ -67,10 +67,38 @@ pub struct TaskRow {
     pub partition_to: Option<i64>,
     pub expected_hits: i64,
     pub hits: Option<i64>,
+    /// pending | running | retrying | done | failed | parked (see [`Setback`]).
     pub status: String,
     pub attempts: i32,
+    /// Last touched: started, heartbeat while running, re-published, ended.
     pub updated_at: DateTime<Utc>,
     pub done_at: Option<DateTime<Utc>>,
+    /// Why the task failed or was parked.
+    pub error: Option<String>,
+    /// Hits without a usable `id` (counted, never published).
+    pub missing_ids: i64,
+}
+
+/// What happened to a task's message when the task did not finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setback {
+    /// It failed transiently and waits in the retry delay queue; it comes
+    /// back by itself after `retry.delay`.
+    Retrying,
+    /// It was dead-lettered: an operator replays it from the dead-letter queue.
+    Failed,
+    /// It was parked: an operator replays it from the parking queue.
+    Parked,
+}
+
+impl Setback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Setback::Retrying => "retrying",
+            Setback::Failed => "failed",
+            Setback::Parked => "parked",
+        }
+    }
 }
 
 /// A job to create with its tasks.
@@ -94,7 +122,7 @@ pub struct NewTask {
 }
 
 /// Creates the job and its tasks unless the job exists (a redelivered
-/// request), then returns the tasks not done yet, to publish.
+/// request), then returns the tasks still to run (pending or running), to publish.
 pub async fn create_job(
     pool: &PgPool,
     job: &NewJob,
@@ -135,42 +163,104 @@ pub async fn create_job(
     pending_tasks(pool, job.id).await
 }
 
+/// The tasks of a job that may still run by themselves (pending, running, retrying);
+/// failed and parked ones wait for an operator's replay.
 pub async fn pending_tasks(pool: &PgPool, job: Uuid) -> sqlx::Result<Vec<TaskRow>> {
     sqlx::query_as(
-        "SELECT * FROM job_tasks WHERE job_id = $1 AND status <> 'done' ORDER BY task_no",
+        "SELECT * FROM job_tasks WHERE job_id = $1 AND status IN ('pending', 'running', 'retrying')
+         ORDER BY task_no",
     )
     .bind(job)
     .fetch_all(pool)
     .await
 }
 
-/// Marks a task running (and counts the attempt); `false` when it is already done.
-pub async fn start_task(pool: &PgPool, job: Uuid, task_no: i32) -> sqlx::Result<bool> {
+/// Marks a task running and counts the attempt; returns the attempt number,
+/// or `None` when the task is already done (or unknown). A task that had
+/// failed or was parked starts over at attempt 1: only an operator's replay
+/// brings its message back.
+pub async fn start_task(pool: &PgPool, job: Uuid, task_no: i32) -> sqlx::Result<Option<i32>> {
+    sqlx::query_scalar(
+        "UPDATE job_tasks SET status = 'running', error = NULL, updated_at = now(),
+                attempts = CASE WHEN status IN ('failed', 'parked') THEN 1 ELSE attempts + 1 END
+         WHERE job_id = $1 AND task_no = $2 AND status <> 'done'
+         RETURNING attempts",
+    )
+    .bind(job)
+    .bind(task_no)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Shows a running task is alive, so the sweeper leaves it alone.
+pub async fn heartbeat(pool: &PgPool, job: Uuid, task_no: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE job_tasks SET updated_at = now()
+         WHERE job_id = $1 AND task_no = $2 AND status = 'running'",
+    )
+    .bind(job)
+    .bind(task_no)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks a task done; `true` only for the call that flipped it.
+pub async fn finish_task(
+    pool: &PgPool,
+    job: Uuid,
+    task_no: i32,
+    hits: i64,
+    missing_ids: i64,
+) -> sqlx::Result<bool> {
     let n = sqlx::query(
-        "UPDATE job_tasks SET status = 'running', attempts = attempts + 1, updated_at = now()
+        "UPDATE job_tasks SET status = 'done', hits = $3, missing_ids = $4, error = NULL,
+                done_at = now(), updated_at = now()
          WHERE job_id = $1 AND task_no = $2 AND status <> 'done'",
     )
     .bind(job)
     .bind(task_no)
+    .bind(hits)
+    .bind(missing_ids)
     .execute(pool)
     .await?
     .rows_affected();
     Ok(n == 1)
 }
 
-/// Marks a task done; `true` only for the call that flipped it.
-pub async fn finish_task(pool: &PgPool, job: Uuid, task_no: i32, hits: i64) -> sqlx::Result<bool> {
-    let n = sqlx::query(
-        "UPDATE job_tasks SET status = 'done', hits = $3, done_at = now(), updated_at = now()
+/// Records where a task's message went when it did not finish (unless the
+/// task is done after all: a duplicate finished it).
+pub async fn set_back_task(
+    pool: &PgPool,
+    job: Uuid,
+    task_no: i32,
+    end: Setback,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE job_tasks SET status = $3, error = $4, updated_at = now()
          WHERE job_id = $1 AND task_no = $2 AND status <> 'done'",
     )
     .bind(job)
     .bind(task_no)
-    .bind(hits)
+    .bind(end.as_str())
+    .bind(error)
     .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+    .await?;
+    Ok(())
+}
+
+/// Jobs not completed although every task is done: the finisher of the
+/// last task failed between marking it and completing the job.
+pub async fn finished_open_jobs(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT j.id FROM jobs j WHERE j.state <> 'completed'
+           AND NOT EXISTS (SELECT 1 FROM job_tasks t WHERE t.job_id = j.id AND t.status <> 'done')
+         ORDER BY j.created_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// Completes the job when no task is left; returns it to exactly one caller.
@@ -205,23 +295,41 @@ pub async fn unannounced_jobs(pool: &PgPool, older_than: Duration) -> sqlx::Resu
     .await
 }
 
-/// Tasks not done and untouched for `older_than`; touched now so the next
+/// Where the sweeper looks for stalled tasks.
+#[derive(Debug, Clone, Copy)]
+pub struct Stall {
+    /// A running task without a heartbeat for this long: its worker died.
+    pub after: Duration,
+    /// Pending tasks count too (their message was lost): the caller checked
+    /// that no backlog in the partition queue could still hold it.
+    pub pending_too: bool,
+    /// A retrying task not back for this long (the retry delay plus `after`):
+    /// its message was lost on the way.
+    pub retry_after: Duration,
+}
+
+/// Tasks that stalled (see [`Stall`]). Failed and parked tasks wait for an
+/// operator and are never taken. Claimed tasks are touched, so the next
 /// sweep does not take them again before they had a chance to run.
 pub async fn claim_stalled_tasks(
     pool: &PgPool,
-    older_than: Duration,
+    stall: Stall,
     limit: i64,
 ) -> sqlx::Result<Vec<TaskRow>> {
     sqlx::query_as(
         "UPDATE job_tasks SET updated_at = now()
          WHERE (job_id, task_no) IN (
              SELECT job_id, task_no FROM job_tasks
-             WHERE status <> 'done' AND updated_at < now() - make_interval(secs => $1)
+             WHERE (status = 'running' AND updated_at < now() - make_interval(secs => $1))
+                OR ($3 AND status = 'pending' AND updated_at < now() - make_interval(secs => $1))
+                OR (status = 'retrying' AND updated_at < now() - make_interval(secs => $4))
              ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING *",
     )
-    .bind(older_than.as_secs_f64())
+    .bind(stall.after.as_secs_f64())
     .bind(limit)
+    .bind(stall.pending_too)
+    .bind(stall.retry_after.as_secs_f64())
     .fetch_all(pool)
     .await
 }

@@ -21,7 +21,7 @@
 //! through this module and never through each other.
 
 use fleet_shared::broker::Outgoing;
-use fleet_shared::db::{self, JobRow, NewJob, NewTask, TaskRow};
+use fleet_shared::db::{self, JobRow, NewJob, NewTask, Setback, TaskRow};
 use fleet_shared::message::{
     IndexKey, InvalidationRequest, JobCompleted, PartitionTask, CURRENT_VERSION,
 };
@@ -145,13 +145,118 @@ pub async fn publish_task(ctx: &Context, task: &PartitionTask) -> Result<(), Han
     Ok(())
 }
 
-/// Marks a task running (and counts the attempt). `false` when the task is
-/// already done: the delivery is a duplicate, and the caller only makes sure
-/// the job was completed (see [`finish`]).
-pub async fn start_task(pool: &PgPool, task: &PartitionTask) -> Result<bool, HandlerError> {
-    db::start_task(pool, task.job_id, task.task_no)
+/// What a partition worker should do with a task message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Run it: the row is `running` (this is attempt `n`).
+    Run(i32),
+    /// The task is done already (a duplicate message). The job was made
+    /// sure to be completed; ack the message.
+    AlreadyDone,
+}
+
+/// Starts a task: marks its row running and counts the attempt. A task done
+/// already completes its job if nobody did (the finisher may have died
+/// between marking its task and completing the job). A task started more
+/// than `partition.max_attempts` times ends `failed` with a permanent error,
+/// so its message is dead-lettered rather than looping forever.
+pub async fn start_task(
+    ctx: &Context,
+    pool: &PgPool,
+    task: &PartitionTask,
+) -> Result<Start, HandlerError> {
+    let Some(attempt) = db::start_task(pool, task.job_id, task.task_no)
+        .await
+        .transient("database")?
+    else {
+        complete_if_done(ctx, pool, task.job_id).await?;
+        return Ok(Start::AlreadyDone);
+    };
+    let max = ctx.config.partition.max_attempts;
+    if attempt > max as i32 {
+        let error = HandlerError::permanent(
+            "task_attempts_exhausted",
+            format!(
+                "task {}/{} was started {attempt} times without finishing; \
+                 partition.max_attempts is {max}",
+                task.job_id, task.task_no
+            ),
+        );
+        fail_task(pool, task, &error).await?;
+        return Err(error);
+    }
+    Ok(Start::Run(attempt))
+}
+
+/// Records that a task's message is being dead-lettered: the row ends
+/// `failed` with the reason, so the sweeper leaves it alone and `jobs show`
+/// says why.
+pub async fn fail_task(
+    pool: &PgPool,
+    task: &PartitionTask,
+    error: &HandlerError,
+) -> Result<(), HandlerError> {
+    set_back(pool, task, Setback::Failed, &error.to_string()).await
+}
+
+/// Records that a task failed transiently and waits in the retry delay
+/// queue: the sweeper gives it `retry.delay` to come back by itself.
+pub async fn retry_task(
+    pool: &PgPool,
+    task: &PartitionTask,
+    error: &HandlerError,
+) -> Result<(), HandlerError> {
+    set_back(pool, task, Setback::Retrying, &error.to_string()).await
+}
+
+async fn set_back(
+    pool: &PgPool,
+    task: &PartitionTask,
+    setback: Setback,
+    error: &str,
+) -> Result<(), HandlerError> {
+    db::set_back_task(pool, task.job_id, task.task_no, setback, error)
         .await
         .transient("database")
+}
+
+/// Records that a task's message was parked (the retry handler gave up on it).
+pub async fn park_task(
+    pool: &PgPool,
+    task: &PartitionTask,
+    reason: &str,
+) -> Result<(), HandlerError> {
+    set_back(pool, task, Setback::Parked, reason).await
+}
+
+/// Keeps a running task's row fresh until dropped, so the sweeper can tell a
+/// slow task (or one waiting for a search permit) from a dead one.
+pub struct Heartbeat {
+    /// Cancels the ticker when the heartbeat is dropped.
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Heartbeat {
+    pub fn start(ctx: &Context, pool: &PgPool, task: &PartitionTask) -> Self {
+        let token = tokio_util::sync::CancellationToken::new();
+        let stop = token.clone();
+        let (pool, job_id, task_no) = (pool.clone(), task.job_id, task.task_no);
+        let every = ctx.config.partition.heartbeat;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(error) = db::heartbeat(&pool, job_id, task_no).await {
+                    tracing::warn!(%error, %job_id, task_no, "Could not record the task's heartbeat.");
+                }
+            }
+        });
+        Self {
+            _stop: token.drop_guard(),
+        }
+    }
 }
 
 /// Marks a task done with its hit count, then completes and announces the
@@ -161,14 +266,20 @@ pub async fn finish_task(
     pool: &PgPool,
     task: &PartitionTask,
     hits: u64,
+    missing_ids: u64,
 ) -> Result<(), HandlerError> {
-    if db::finish_task(pool, task.job_id, task.task_no, hits as i64)
-        .await
-        .transient("database")?
-    {
-        complete_if_done(ctx, pool, task.job_id).await?;
-    }
-    Ok(())
+    db::finish_task(
+        pool,
+        task.job_id,
+        task.task_no,
+        hits as i64,
+        missing_ids as i64,
+    )
+    .await
+    .transient("database")?;
+    // Whether or not this call flipped the row: a duplicate that finds the
+    // task done must still complete a job whose finisher died in between.
+    complete_if_done(ctx, pool, task.job_id).await
 }
 
 /// Completes the job when no task is left and announces it. Only the caller
@@ -245,7 +356,10 @@ pub async fn republish_pending(
         .invalidation_time
         .unwrap_or_else(|| job.created_at.timestamp_millis());
     let mut n = 0;
-    for t in tasks.iter().filter(|t| t.status != "done") {
+    for t in tasks
+        .iter()
+        .filter(|t| matches!(t.status.as_str(), "pending" | "running" | "retrying"))
+    {
         let task = task_message(job.id, &job.request_id, &request, index_key, time, t);
         publish_task(ctx, &task).await?;
         n += 1;

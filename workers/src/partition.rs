@@ -37,6 +37,41 @@ impl Handler for PartitionWorker {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
         let task =
             PartitionTask::decode(msg.body()).map_err(|e| HandlerError::permanent(e.class(), e))?;
+        match job::start_task(&self.ctx, &self.db, &task).await? {
+            job::Start::AlreadyDone => {
+                tracing::debug!(job_id = %task.job_id, task_no = task.task_no, "Task already done; acking the duplicate.");
+                return Ok(());
+            }
+            job::Start::Run(attempt) => {
+                tracing::debug!(job_id = %task.job_id, task_no = task.task_no, attempt, "Running a partition task.");
+            }
+        }
+        let _alive = job::Heartbeat::start(&self.ctx, &self.db, &task);
+        match self.run(&task).await {
+            Ok(hits) => job::finish_task(&self.ctx, &self.db, &task, hits, 0).await,
+            Err(error) => {
+                // The row says where the message goes next, so the sweeper
+                // re-publishes neither a dead letter nor a waiting retry. A
+                // database failure here is only logged: the message's own
+                // path matters more, and the sweeper's horizon covers it.
+                let noted = match error {
+                    HandlerError::Permanent { .. } => job::fail_task(&self.db, &task, &error).await,
+                    HandlerError::Transient { .. } => {
+                        job::retry_task(&self.db, &task, &error).await
+                    }
+                };
+                if let Err(db_error) = noted {
+                    tracing::warn!(error = %db_error, job_id = %task.job_id, task_no = task.task_no, "Could not record the task's setback.");
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl PartitionWorker {
+    /// Streams the task's ids out; returns how many were published.
+    async fn run(&self, task: &PartitionTask) -> Result<u64, HandlerError> {
         let Some(rule) = self.ctx.config.dispatcher.fields.get(&task.parameter_name) else {
             return Err(HandlerError::permanent(
                 "forbidden_field",
@@ -46,10 +81,6 @@ impl Handler for PartitionWorker {
                 ),
             ));
         };
-        if !job::start_task(&self.db, &task).await? {
-            tracing::debug!(job_id = %task.job_id, task_no = task.task_no, "Task already done; acking the duplicate.");
-            return Ok(());
-        }
         let index = self.search.config().index_for(task.index_key).to_string();
         let query = with_partition_range(
             &terms_query(
@@ -75,6 +106,6 @@ impl Handler for PartitionWorker {
         }
         let hits = sink.finish().await?;
         telemetry::partition_hits(hits);
-        job::finish_task(&self.ctx, &self.db, &task, hits).await
+        Ok(hits)
     }
 }

@@ -15,11 +15,13 @@ use std::time::Duration;
 use fleet_shared::broker::{headers, headers_map, with_headers, HeaderValue, Outgoing};
 use fleet_shared::config::RetryConfig;
 use fleet_shared::db::{self, Parked};
-use fleet_shared::message::now_millis;
+use fleet_shared::message::{now_millis, PartitionTask};
 use fleet_shared::runtime::{Classify, Context, Handler, HandlerError, Incoming};
 use fleet_shared::telemetry;
 use fleet_shared::topology::names;
 use sqlx::PgPool;
+
+use crate::job;
 
 /// What to do with a message whose retry delay is over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +127,13 @@ impl Handler for RetryHandler {
                     body: msg.body().to_vec(),
                 };
                 db::park(&self.db, &parked).await.transient("database")?;
+                if msg.header(headers::ORIGINAL_QUEUE).as_deref() == Some(names::PARTITIONS) {
+                    // A parked task must not look merely slow: the sweeper
+                    // would re-publish it, and `jobs show` must point here.
+                    if let Ok(task) = PartitionTask::decode(msg.body()) {
+                        job::park_task(&self.db, &task, &parked.reason).await?;
+                    }
+                }
                 let table = with_headers(
                     msg.headers(),
                     &[(

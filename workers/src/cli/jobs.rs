@@ -112,7 +112,23 @@ async fn show(pool: &PgPool, job: &JobRow) -> anyhow::Result<ExitCode> {
     println!("index key    {}", job.index_key);
     println!("state        {}", job.state);
     println!("tasks        {done}/{} done", job.task_count);
+    for (status, queue) in [
+        ("parked", "invalidation.parked"),
+        ("failed", "invalidation.partitions.dlq"),
+    ] {
+        let n = tasks.iter().filter(|t| t.status == status).count();
+        if n > 0 {
+            println!(
+                "{status:<12} {n} task(s): the sweeper leaves them alone; once the cause is fixed, \
+                 `fleet dlq replay {queue}` runs them again"
+            );
+        }
+    }
     println!("hits         {hits} of {} expected", job.total_hits);
+    let missing: i64 = tasks.iter().map(|t| t.missing_ids).sum();
+    if missing > 0 {
+        println!("without id   {missing} hit(s) had no usable `id`: counted, not published");
+    }
     println!(
         "created      {} ({} ago)",
         job.created_at.to_rfc3339(),
@@ -129,6 +145,7 @@ async fn show(pool: &PgPool, job: &JobRow) -> anyhow::Result<ExitCode> {
         "status",
         "attempts",
         "updated",
+        "why",
     ]);
     for t in &tasks {
         table.add_row(vec![
@@ -141,6 +158,12 @@ async fn show(pool: &PgPool, job: &JobRow) -> anyhow::Result<ExitCode> {
             Cell::new(t.attempts).set_alignment(CellAlignment::Right),
             Cell::new(format!("{} ago", age(now, t.updated_at)))
                 .set_alignment(CellAlignment::Right),
+            Cell::new(
+                t.error
+                    .as_deref()
+                    .map(|e| abbreviate(e, 60))
+                    .unwrap_or_default(),
+            ),
         ]);
     }
     println!("{table}");
@@ -148,18 +171,50 @@ async fn show(pool: &PgPool, job: &JobRow) -> anyhow::Result<ExitCode> {
 }
 
 async fn resume(config: &Config, pool: &PgPool, job: &JobRow) -> anyhow::Result<ExitCode> {
-    let pending = db::pending_tasks(pool, job.id)
+    let tasks = db::tasks(pool, job.id)
         .await
         .with_context(|| format!("cannot read the tasks of job {}", job.id))?;
-    if pending.is_empty() {
+    let ctx = crate::app::context(&Arc::new(config.clone()), "cli").await?;
+    let waiting: Vec<&db::TaskRow> = tasks
+        .iter()
+        .filter(|t| matches!(t.status.as_str(), "failed" | "parked"))
+        .collect();
+    for t in &waiting {
+        let from = if t.status == "parked" {
+            "invalidation.parked"
+        } else {
+            "invalidation.partitions.dlq"
+        };
         println!(
-            "Job {} has no task left to run (state {}); nothing re-published.",
-            job.id, job.state
+            "Task {} is {}: its message waits in {from}; replay it with `fleet dlq replay {from}` once the cause is fixed. Left alone.",
+            t.task_no, t.status
         );
+    }
+    let runnable: Vec<db::TaskRow> = tasks
+        .iter()
+        .filter(|t| matches!(t.status.as_str(), "pending" | "running" | "retrying"))
+        .cloned()
+        .collect();
+    if runnable.is_empty() {
+        if waiting.is_empty() && job.state != "completed" {
+            // Every task is done but the job never completed (its finisher
+            // died in between): complete and announce it now.
+            crate::job::complete_if_done(&ctx, pool, job.id)
+                .await
+                .with_context(|| format!("cannot complete job {}", job.id))?;
+            println!(
+                "Every task of job {} was done; the job is now completed and announced.",
+                job.id
+            );
+        } else {
+            println!(
+                "Job {} has no task left to run (state {}); nothing re-published.",
+                job.id, job.state
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let ctx = crate::app::context(&Arc::new(config.clone()), "cli").await?;
-    let n = crate::job::republish_pending(&ctx, job, &pending)
+    let n = crate::job::republish_pending(&ctx, job, &runnable)
         .await
         .with_context(|| format!("cannot re-publish the tasks of job {}", job.id))?;
     println!(
@@ -167,6 +222,14 @@ async fn resume(config: &Config, pool: &PgPool, job: &JobRow) -> anyhow::Result<
         job.id
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// At most `max` characters of `s`, with an ellipsis when cut.
+fn abbreviate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
 }
 
 fn table(header: &[&str]) -> Table {

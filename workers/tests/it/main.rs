@@ -4,6 +4,7 @@ mod common;
 mod compose;
 mod dlq;
 mod failures;
+mod jobs;
 mod monitoring;
 mod operators;
 mod pipeline;
