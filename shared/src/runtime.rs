@@ -151,6 +151,36 @@ pub struct Context {
     pub config: Arc<Config>,
     pub identity: Identity,
     pub publisher: Publisher,
+    /// Which queues this process consumes right now: the readiness check
+    /// reads it, so a consumer the broker cancelled shows.
+    pub consumers: Consumers,
+}
+
+/// The consuming state of every queue a process's consumer loops serve.
+#[derive(Clone, Default)]
+pub struct Consumers {
+    state: Arc<std::sync::Mutex<std::collections::BTreeMap<String, bool>>>,
+}
+
+impl Consumers {
+    fn set(&self, queues: &[String], consuming: bool) {
+        // `unwrap`: the lock is never held across a panic.
+        let mut state = self.state.lock().unwrap();
+        for q in queues {
+            state.insert(q.clone(), consuming);
+        }
+    }
+
+    /// The queues expected to be consumed that are not, right now.
+    pub fn idle(&self) -> Vec<String> {
+        // `unwrap`: the lock is never held across a panic.
+        let state = self.state.lock().unwrap();
+        state
+            .iter()
+            .filter(|(_, consuming)| !**consuming)
+            .map(|(q, _)| q.clone())
+            .collect()
+    }
 }
 
 /// Acks or nacks a delivery exactly once; a second call is a bug and is refused.
@@ -185,13 +215,23 @@ impl AckOnce {
     }
 
     async fn requeue(&self) {
+        self.nack(true).await
+    }
+
+    /// Rejects without requeue: the queue's own dead-letter exchange takes
+    /// the message to `<queue>.dlq`, where `x-death` says where it was.
+    async fn reject(&self) {
+        self.nack(false).await
+    }
+
+    async fn nack(&self, requeue: bool) {
         if self.claim().is_err() {
             return;
         }
         let _ = self
             .acker
             .nack(BasicNackOptions {
-                requeue: true,
+                requeue,
                 multiple: false,
             })
             .await;
@@ -208,6 +248,8 @@ pub async fn consume<H: Handler>(
     let mut backoff = Duration::from_millis(250);
     let max_backoff = ctx.config.amqp.reconnect_max_backoff;
     let worker = ctx.identity.worker.clone();
+    ctx.consumers.set(&queues, false);
+    let mut redeclare = false;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -223,7 +265,24 @@ pub async fn consume<H: Handler>(
                 continue;
             }
         };
+        if redeclare {
+            // The queue was gone (deleted, or a node that lost its
+            // definitions): declare the whole topology again, idempotently.
+            match redeclare_topology(&ctx, &conn).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        worker,
+                        "Re-applied the topology after a queue went missing."
+                    );
+                    redeclare = false;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, worker, "Could not re-apply the topology; retrying.")
+                }
+            }
+        }
         let session = run_session(&ctx, &conn, &queues, handler.clone(), &shutdown).await;
+        ctx.consumers.set(&queues, false);
         let _ = conn.close(200, "worker stopping".into()).await;
         match session {
             Ok(SessionEnd::Shutdown) => return,
@@ -231,7 +290,15 @@ pub async fn consume<H: Handler>(
                 tracing::warn!(worker, "Lost the broker connection; reconnecting.");
                 backoff = Duration::from_millis(250);
             }
+            Ok(SessionEnd::Cancelled(queue)) => {
+                tracing::warn!(worker, %queue, "The broker cancelled the consumer (queue deleted, or its node went down); reconnecting.");
+                redeclare = true;
+                backoff = Duration::from_millis(250);
+            }
             Err(error) => {
+                if is_not_found(&error) {
+                    redeclare = true;
+                }
                 tracing::warn!(%error, worker, "Consumer failed; reconnecting.");
                 if sleep_or_shutdown(backoff, &shutdown).await {
                     return;
@@ -245,6 +312,24 @@ pub async fn consume<H: Handler>(
 enum SessionEnd {
     Shutdown,
     Lost,
+    /// The broker cancelled the consumer of this queue.
+    Cancelled(String),
+}
+
+/// A NOT_FOUND channel error: the queue to consume does not exist.
+fn is_not_found(e: &deadpool_lapin::lapin::Error) -> bool {
+    e.to_string().contains("NOT_FOUND")
+}
+
+async fn redeclare_topology(
+    ctx: &Context,
+    conn: &deadpool_lapin::lapin::Connection,
+) -> Result<(), String> {
+    let topology = crate::topology::Topology::load(&ctx.config).map_err(|e| e.to_string())?;
+    crate::topology::apply(conn, &topology)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
@@ -280,8 +365,18 @@ async fn run_session<H: Handler>(
             .await?;
         tags.push(tag);
         let queue = q.clone();
-        streams.push(consumer.map(move |d| (queue.clone(), d)).boxed());
+        let ended = q.clone();
+        // A consumer stream ends when the broker cancels it (its queue was
+        // deleted, or the node holding it went down). The marker makes that
+        // end visible: merged, it would silently drop out of the select.
+        streams.push(
+            consumer
+                .map(move |d| (queue.clone(), Some(d)))
+                .chain(futures::stream::once(async move { (ended, None) }))
+                .boxed(),
+        );
     }
+    ctx.consumers.set(queues, true);
     tracing::info!(worker = %ctx.identity.worker, queues = ?queues, prefetch = ctx.config.amqp.prefetch, "Consuming.");
     let mut merged = futures::stream::select_all(streams);
     let tracker = TaskTracker::new();
@@ -290,17 +385,18 @@ async fn run_session<H: Handler>(
             biased;
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
             next = merged.next() => match next {
-                Some((queue, Ok(delivery))) => {
+                Some((queue, Some(Ok(delivery)))) => {
                     let ctx = ctx.clone();
                     let handler = handler.clone();
                     tracker.spawn(async move {
                         process(&ctx, handler.as_ref(), Incoming { queue, delivery }).await;
                     });
                 }
-                Some((_, Err(error))) => {
+                Some((_, Some(Err(error)))) => {
                     tracing::warn!(%error, "Consumer stream failed.");
                     break SessionEnd::Lost;
                 }
+                Some((queue, None)) => break SessionEnd::Cancelled(queue),
                 None => break SessionEnd::Lost,
             }
         }
@@ -367,11 +463,8 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
                     "dead_lettered"
                 }
                 Err(error) => {
-                    tracing::error!(%error, "Could not dead-letter; returning the message to the broker.");
-                    // Give the broker a moment before the redelivery.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    ack.requeue().await;
-                    "returned"
+                    tracing::error!(%error, "Could not dead-letter the message.");
+                    settle_failed(&msg, &ack).await
                 }
             }
         }
@@ -387,16 +480,33 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
                     "retried"
                 }
                 Err(error) => {
-                    tracing::error!(%error, "Could not schedule the retry; returning the message to the broker.");
-                    // Give a failing dependency a moment before the redelivery.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    ack.requeue().await;
-                    "returned"
+                    tracing::error!(%error, "Could not schedule the retry.");
+                    settle_failed(&msg, &ack).await
                 }
             }
         }
     };
     telemetry::message_outcome(worker, &msg.queue, outcome, started.elapsed());
+}
+
+/// The failure path itself could not publish. The first time, the message
+/// goes back to the broker (after a pause) for another try; a message that
+/// was already redelivered is rejected instead, and the queue's dead-letter
+/// exchange takes it to `<queue>.dlq` (its `x-death` names the origin). So a
+/// message whose copies the broker keeps refusing cannot hold a prefetch
+/// slot forever, and nothing is lost.
+async fn settle_failed(msg: &Incoming, ack: &AckOnce) -> &'static str {
+    if msg.delivery.redelivered {
+        tracing::error!(queue = %msg.queue, "Already redelivered once; rejecting it to the queue's dead-letter exchange.");
+        ack.reject().await;
+        "rejected"
+    } else {
+        tracing::warn!(queue = %msg.queue, "Returning the message to the broker for one more try.");
+        // Give the broker or the failing dependency a moment first.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ack.requeue().await;
+        "returned"
+    }
 }
 
 fn error_headers(

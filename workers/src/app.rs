@@ -123,6 +123,7 @@ pub async fn context(config: &Arc<Config>, worker: &str) -> anyhow::Result<Conte
         config: config.clone(),
         identity,
         publisher,
+        consumers: Default::default(),
     })
 }
 
@@ -151,7 +152,23 @@ pub async fn run(
         );
     }
     let services = Services::connect(config.clone(), kinds).await?;
+    // Every consumer loop of this process reports here; a queue the broker
+    // stopped delivering from fails the health check until it is back.
+    let consumers = fleet_shared::runtime::Consumers::default();
     let mut health = Health::default();
+    {
+        let consumers = consumers.clone();
+        health.add("consumers", move || {
+            let idle = consumers.idle();
+            async move {
+                if idle.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("not consuming {}", idle.join(", ")))
+                }
+            }
+        });
+    }
     {
         let p = first.publisher.clone();
         health.add("broker", move || {
@@ -189,11 +206,12 @@ pub async fn run(
 
     let mut tasks = JoinSet::new();
     for &kind in kinds {
-        let ctx = if kind == kinds[0] {
+        let mut ctx = if kind == kinds[0] {
             first.clone()
         } else {
             context(&config, kind.name()).await?
         };
+        ctx.consumers = consumers.clone();
         let s = services.clone();
         let stop = shutdown.clone();
         // `expect`s below: `Services::connect` connected what each kind needs.

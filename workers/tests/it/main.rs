@@ -2,6 +2,7 @@
 
 mod common;
 mod compose;
+mod consumers;
 mod dlq;
 mod failures;
 mod jobs;
