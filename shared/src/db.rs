@@ -122,13 +122,26 @@ pub struct NewTask {
 }
 
 /// Creates the job and its tasks unless the job exists (a redelivered
-/// request), then returns the tasks still to run (pending or running), to publish.
+/// request), then returns the tasks still to run, to publish.
+///
+/// A completed job older than `horizon` is history: the same request
+/// arriving again after it is new work, as an in-place request is once its
+/// Redis mark expired (one horizon for both, `redis.idempotency_ttl`).
 pub async fn create_job(
     pool: &PgPool,
     job: &NewJob,
     tasks: &[NewTask],
+    horizon: Duration,
 ) -> sqlx::Result<Vec<TaskRow>> {
     let mut tx = pool.begin().await?;
+    sqlx::query(
+        "DELETE FROM jobs WHERE id = $1 AND state = 'completed'
+           AND created_at < now() - make_interval(secs => $2)",
+    )
+    .bind(job.id)
+    .bind(horizon.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, request_id, invalidation_type, index_key, parameter_name, request, total_hits, task_count)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
@@ -332,6 +345,15 @@ pub async fn claim_stalled_tasks(
     .bind(stall.retry_after.as_secs_f64())
     .fetch_all(pool)
     .await
+}
+
+/// The jobs of a request id (one per index key it split on; more when a
+/// producer reused the id for other requests), newest first.
+pub async fn jobs_of_request(pool: &PgPool, request_id: &str) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as("SELECT * FROM jobs WHERE request_id = $1 ORDER BY created_at DESC")
+        .bind(request_id)
+        .fetch_all(pool)
+        .await
 }
 
 pub async fn job(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobRow>> {

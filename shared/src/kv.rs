@@ -49,17 +49,25 @@ impl Kv {
         format!("{}:{kind}:{id}", self.prefix)
     }
 
-    /// Whether a request (or any unit of work) was already completed.
-    pub async fn is_done(&self, scope: &str, id: &str) -> redis::RedisResult<bool> {
+    /// What was recorded as done under `id`, if anything: the digest of the
+    /// work's content, so a caller can tell a redelivery (same digest) from
+    /// another piece of work that reuses the id.
+    pub async fn done(&self, scope: &str, id: &str) -> redis::RedisResult<Option<String>> {
         let mut c = self.conn.clone();
-        c.exists(self.key(scope, id)).await
+        c.get(self.key(scope, id)).await
     }
 
-    /// Remembers that the work is done (after its outputs were confirmed).
-    pub async fn mark_done(&self, scope: &str, id: &str) -> redis::RedisResult<()> {
+    /// Remembers that the work with this content digest is done (after its
+    /// outputs were confirmed), for `redis.idempotency_ttl`.
+    pub async fn mark_done(&self, scope: &str, id: &str, digest: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         let ttl = self.idempotency_ttl.as_secs().max(1);
-        c.set_ex(self.key(scope, id), 1u8, ttl).await
+        c.set_ex(self.key(scope, id), digest, ttl).await
+    }
+
+    /// How long a done mark is kept: the horizon of de-duplication.
+    pub fn idempotency_ttl(&self) -> Duration {
+        self.idempotency_ttl
     }
 
     /// Takes a lock for `ttl` unless someone holds it; returns its token.

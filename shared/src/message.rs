@@ -266,6 +266,55 @@ impl InvalidationRequest {
         // `unwrap`: the struct has only string keys and plain values.
         serde_json::to_vec(self).unwrap()
     }
+
+    /// A digest of the query the request asks for on one index: type,
+    /// field, ids (as a set) and nested path. Part of every split job's id,
+    /// so a producer that reuses a request id for another request gets a
+    /// job of its own.
+    pub fn query_digest(&self) -> String {
+        let mut ids = self.parameter_ids.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut text = format!(
+            "{}|{}|{}|{}|",
+            self.invalidation_type,
+            self.parameter_name,
+            self.is_nested_type,
+            self.nested_path_name.as_deref().unwrap_or("")
+        );
+        for id in ids {
+            text.push_str(&id.to_string());
+            text.push(',');
+        }
+        digest(text.as_bytes())
+    }
+
+    /// A digest of everything the request asks: its query and the index keys
+    /// it runs on (as a set). The de-duplication key of a request is its id
+    /// together with this digest.
+    pub fn content_digest(&self, index_keys: &[IndexKey]) -> String {
+        let mut keys: Vec<&str> = index_keys.iter().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        digest(format!("{}|{}", self.query_digest(), keys.join(",")).as_bytes())
+    }
+}
+
+/// The namespace of digests and derived ids (UUID v5, which is SHA-1 based
+/// and stable across builds and platforms, unlike `std`'s hashers).
+const DIGEST_NAMESPACE: Uuid = Uuid::from_u128(0x0b7c_51de_4e4f_4f0e_8a6c_2d1e_9f3a_7c55);
+
+/// A short, stable digest of `bytes` (16 hex digits).
+pub fn digest(bytes: &[u8]) -> String {
+    let id = Uuid::new_v5(&DIGEST_NAMESPACE, bytes);
+    // `unwrap`: a simple UUID has 32 hex digits.
+    id.simple().to_string().get(..16).unwrap().to_string()
+}
+
+/// The request id of a request that came without one: derived from the
+/// message body, so a redelivery of the same message gets the same id.
+pub fn derived_request_id(body: &[u8]) -> String {
+    format!("auto-{}", digest(body))
 }
 
 /// A batch of content ids for one type and index key: what downstream indexers read.

@@ -11,8 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{
-    decode, new_request_id, DecodeError, IndexKey, InvalidationRequest, InvalidationType,
-    CURRENT_VERSION,
+    decode, digest, DecodeError, IndexKey, InvalidationRequest, InvalidationType, CURRENT_VERSION,
 };
 
 /// The source queues, one handler each.
@@ -54,7 +53,34 @@ impl SourceKind {
 
     /// Turns one event into zero or more requests. Zero is a valid outcome
     /// (a non-critical stock update); a missing field is a permanent error.
+    ///
+    /// An event naming more ids than a request may carry (`max_ids`, the
+    /// dispatcher's limit) becomes several requests within the limit. Every
+    /// request id is derived from the event's bytes and the request's place
+    /// among them, so a redelivered event repeats exactly the same requests
+    /// (which the dispatcher then recognises as done).
     pub fn to_requests(
+        self,
+        body: &[u8],
+        critical_stock: i64,
+        default_keys: &[IndexKey],
+        max_ids: usize,
+    ) -> Result<Vec<InvalidationRequest>, DecodeError> {
+        let whole = self.build(body, critical_stock, default_keys)?;
+        let event = digest(body);
+        let mut out = Vec::with_capacity(whole.len());
+        for r in whole {
+            for chunk in r.parameter_ids.chunks(max_ids.max(1)) {
+                let mut part = r.clone();
+                part.parameter_ids = chunk.to_vec();
+                part.request_id = Some(format!("{}-{event}-{}", self.as_str(), out.len()));
+                out.push(part);
+            }
+        }
+        Ok(out)
+    }
+
+    fn build(
         self,
         body: &[u8],
         critical_stock: i64,
@@ -219,7 +245,8 @@ fn request(
 ) -> InvalidationRequest {
     InvalidationRequest {
         v: CURRENT_VERSION,
-        request_id: Some(new_request_id()),
+        // Named by `to_requests`, from the event.
+        request_id: None,
         parameter_ids: ids,
         parameter_name: field.into(),
         is_nested_type: false,
@@ -305,7 +332,38 @@ mod tests {
     use super::*;
 
     fn go(kind: SourceKind, body: &str) -> Result<Vec<InvalidationRequest>, DecodeError> {
-        kind.to_requests(body.as_bytes(), 3, IndexKey::ALL)
+        kind.to_requests(body.as_bytes(), 3, IndexKey::ALL, 10_000)
+    }
+
+    #[test]
+    fn a_large_event_becomes_requests_within_the_limit_named_from_the_event() {
+        let ids: Vec<i64> = (0..25).collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "contentIds": ids })).unwrap();
+        let a = SourceKind::Promotion
+            .to_requests(&body, 3, IndexKey::ALL, 10)
+            .unwrap();
+        assert_eq!(
+            a.iter().map(|r| r.parameter_ids.len()).collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
+        let all: Vec<i64> = a.iter().flat_map(|r| r.parameter_ids.clone()).collect();
+        assert_eq!(all, ids, "every id once, in order");
+        // A redelivery names them the same; another event differently.
+        let again = SourceKind::Promotion
+            .to_requests(&body, 3, IndexKey::ALL, 10)
+            .unwrap();
+        let names = |rs: &[InvalidationRequest]| -> Vec<String> {
+            rs.iter().map(|r| r.request_id.clone().unwrap()).collect()
+        };
+        assert_eq!(names(&a), names(&again));
+        let mut distinct = names(&a);
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3);
+        let other = serde_json::to_vec(&serde_json::json!({ "contentIds": [1] })).unwrap();
+        let b = SourceKind::Promotion
+            .to_requests(&other, 3, IndexKey::ALL, 10)
+            .unwrap();
+        assert!(!names(&a).contains(&b[0].request_id.clone().unwrap()));
     }
 
     #[test]

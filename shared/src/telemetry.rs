@@ -97,6 +97,18 @@ pub fn request_split(tasks: usize) {
     metrics::counter!("fleet_partition_tasks_created_total").increment(tasks as u64);
 }
 
+/// A request arrived with the id of an earlier, different request; it was
+/// processed as its own request.
+pub fn request_id_reused() {
+    metrics::counter!("fleet_request_id_reused_total").increment(1);
+}
+
+/// De-duplication was skipped because Redis did not answer; the request
+/// was processed anyway (a redelivery may repeat ids downstream).
+pub fn dedup_skipped() {
+    metrics::counter!("fleet_dedup_skipped_total").increment(1);
+}
+
 pub fn parked(reason: &'static str) {
     metrics::counter!("fleet_parked_total", "reason" => reason).increment(1);
 }

@@ -888,7 +888,7 @@ async fn fanout(
     let fleet_secs = counted.last_new.duration_since(t).as_secs_f64();
     let worker_hwm_kib = read_status_kib(worker.pid, "VmHWM").unwrap_or(0);
     let pool = db::connect(&env.config.database.url, 1).await?;
-    let tasks = db::job(&pool, crate::job::id(&request_id, KEY))
+    let tasks = db::job(&pool, crate::job::id_of(&request, KEY))
         .await?
         .map(|j| j.task_count as usize)
         .unwrap_or(0);
@@ -1199,6 +1199,7 @@ async fn memory(
                     to,
                     expected_hits: expected as i64,
                 }],
+                env.config.redis.idempotency_ttl,
             )
             .await
             .context("creating the memory job")?;

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use fleet_shared::config::{Config, FieldRule};
 use fleet_shared::kv::Kv;
-use fleet_shared::message::{new_request_id, now_millis, IndexKey, InvalidationRequest};
-use fleet_shared::runtime::{Classify, Context, Handler, HandlerError, Incoming};
+use fleet_shared::message::{derived_request_id, now_millis, IndexKey, InvalidationRequest};
+use fleet_shared::runtime::{Context, Handler, HandlerError, Incoming};
 use fleet_shared::search::{group_partitions, terms_query, Search};
+use fleet_shared::telemetry;
 use futures::StreamExt;
 use sqlx::PgPool;
 
@@ -38,6 +39,7 @@ pub struct Validated {
 pub fn validate(
     config: &Config,
     mut request: InvalidationRequest,
+    body: &[u8],
 ) -> Result<Validated, HandlerError> {
     let d = &config.dispatcher;
     if request.parameter_ids.is_empty() {
@@ -78,14 +80,21 @@ pub fn validate(
     let index_keys = if request.index_keys.is_empty() {
         d.index_keys.clone()
     } else {
-        let mut keys = request.index_keys.clone();
-        keys.dedup();
+        // Each key once, in the order first given: `[trTR, deDE, trTR]`
+        // must not run trTR twice.
+        let mut keys: Vec<IndexKey> = Vec::with_capacity(request.index_keys.len());
+        for &k in &request.index_keys {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
         keys
     };
     let request_id = match &request.request_id {
         Some(id) if !id.is_empty() => id.clone(),
         _ => {
-            let id = new_request_id();
+            // Derived from the message, so a redelivery gets the same id.
+            let id = derived_request_id(body);
             request.request_id = Some(id.clone());
             id
         }
@@ -102,7 +111,7 @@ impl Handler for Dispatcher {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
         let request = InvalidationRequest::decode(msg.body())
             .map_err(|e| HandlerError::permanent(e.class(), e))?;
-        let v = validate(&self.ctx.config, request)?;
+        let v = validate(&self.ctx.config, request, msg.body())?;
         // A retry must keep the request id generated at first sight.
         let tag = |e: HandlerError| match e {
             HandlerError::Transient { .. } => e.with_body(v.request.encode()),
@@ -112,17 +121,31 @@ impl Handler for Dispatcher {
         // repeats ids downstream, which is harmless, and is cheaper than the
         // Redis round trip that would prevent it. Requests that search are
         // remembered in Redis so a redelivery does not search again.
+        //
+        // The de-duplication key is the request id with a digest of what
+        // the request asks: a producer that reuses an id for another
+        // request gets that request processed, never silently dropped.
         let remembered = v.request.parameter_name != "id";
-        if remembered
-            && self
-                .kv
-                .is_done(REQUEST_SCOPE, &v.request_id)
-                .await
-                .transient("redis")
-                .map_err(tag)?
-        {
-            tracing::debug!(request_id = %v.request_id, "Request already processed; acking the duplicate.");
-            return Ok(());
+        let digest = v.request.content_digest(&v.index_keys);
+        if remembered {
+            match self.kv.done(REQUEST_SCOPE, &v.request_id).await {
+                Ok(Some(done)) if done == digest => {
+                    tracing::debug!(request_id = %v.request_id, "Request already processed; acking the duplicate.");
+                    return Ok(());
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(request_id = %v.request_id, invalidation_type = %v.request.invalidation_type, parameter_name = %v.request.parameter_name, "Request id reused by a different request; processing it as a request of its own.");
+                    telemetry::request_id_reused();
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    // Redis only prevents repeated work; without it the
+                    // request still goes out (a redelivery may repeat ids
+                    // downstream, which is harmless).
+                    tracing::warn!(%error, request_id = %v.request_id, "Redis unavailable; processing the request without de-duplication.");
+                    telemetry::dedup_skipped();
+                }
+            }
         }
         self.dispatch(&v).await.map_err(tag)?;
         if remembered {
@@ -132,7 +155,7 @@ impl Handler for Dispatcher {
             let kv = self.kv.clone();
             let request_id = v.request_id.clone();
             tokio::spawn(async move {
-                if let Err(error) = kv.mark_done(REQUEST_SCOPE, &request_id).await {
+                if let Err(error) = kv.mark_done(REQUEST_SCOPE, &request_id, &digest).await {
                     tracing::warn!(%error, %request_id, "Could not record the request as done.");
                 }
             });
@@ -251,11 +274,11 @@ mod tests {
     #[test]
     fn validation_refuses_what_the_allow_list_does_not_allow() {
         let c = Config::default();
-        let class = |r| validate(&c, r).unwrap_err().class().to_string();
+        let class = |r| validate(&c, r, b"{}").unwrap_err().class().to_string();
         assert_eq!(class(req("price.amount", vec![1])), "forbidden_field");
         assert_eq!(class(req("brand.id", vec![])), "empty_ids");
         assert_eq!(class(req("id", (0..10_001).collect())), "too_many_ids");
-        let ok = validate(&c, req("listings.merchantId", vec![1])).unwrap();
+        let ok = validate(&c, req("listings.merchantId", vec![1]), b"{}").unwrap();
         assert!(ok.rule.nested);
         assert_eq!(ok.index_keys.len(), 7);
         assert!(ok.request.request_id.is_some());

@@ -35,6 +35,7 @@ impl Handler for Ingest {
                 msg.body(),
                 self.ctx.config.ingest.critical_stock,
                 &self.ctx.config.dispatcher.index_keys,
+                self.ctx.config.dispatcher.max_ids,
             )
             .map_err(|e| HandlerError::permanent(e.class(), e))?;
         if requests.is_empty() {

@@ -36,11 +36,22 @@ use uuid::Uuid;
 /// key, so a redelivered request finds its job instead of creating another.
 const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0f_2f4e_83b1_4c59_9a51_0e2b_7d3c_11f0);
 
-/// The id of the job of `request_id` on `index_key`.
-pub fn id(request_id: &str, index_key: IndexKey) -> Uuid {
+/// The id of the job of a request on `index_key`: its request id, the
+/// digest of its query ([`InvalidationRequest::query_digest`]) and the key.
+/// A redelivery finds its job; another request reusing the id gets its own.
+pub fn id(request_id: &str, query_digest: &str, index_key: IndexKey) -> Uuid {
     Uuid::new_v5(
         &JOB_NAMESPACE,
-        format!("{request_id}/{index_key}").as_bytes(),
+        format!("{request_id}/{query_digest}/{index_key}").as_bytes(),
+    )
+}
+
+/// The job id of `request` (which carries its request id) on `index_key`.
+pub fn id_of(request: &InvalidationRequest, index_key: IndexKey) -> Uuid {
+    id(
+        request.request_id.as_deref().unwrap_or_default(),
+        &request.query_digest(),
+        index_key,
     )
 }
 
@@ -66,7 +77,11 @@ pub async fn create(
     pool: &PgPool,
     split: Split<'_>,
 ) -> Result<(Uuid, usize), HandlerError> {
-    let job_id = id(split.request_id, split.index_key);
+    let job_id = id(
+        split.request_id,
+        &split.request.query_digest(),
+        split.index_key,
+    );
     let tasks: Vec<NewTask> = split
         .groups
         .iter()
@@ -88,7 +103,8 @@ pub async fn create(
         request: serde_json::to_value(&stored).unwrap_or_default(),
         total_hits: split.total_hits as i64,
     };
-    let pending = db::create_job(pool, &job, &tasks)
+    let horizon = ctx.config.redis.idempotency_ttl;
+    let pending = db::create_job(pool, &job, &tasks, horizon)
         .await
         .transient("database")?;
     tracing::info!(%job_id, request_id = %split.request_id, index_key = %split.index_key, hits = split.total_hits, tasks = tasks.len(), "Split a large request into partition tasks.");
@@ -372,9 +388,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_ids_are_stable_per_request_and_key() {
-        assert_eq!(id("r", IndexKey::TrTr), id("r", IndexKey::TrTr));
-        assert_ne!(id("r", IndexKey::TrTr), id("r", IndexKey::DeDe));
-        assert_ne!(id("r", IndexKey::TrTr), id("s", IndexKey::TrTr));
+    fn job_ids_are_stable_per_request_content_and_key() {
+        assert_eq!(id("r", "d", IndexKey::TrTr), id("r", "d", IndexKey::TrTr));
+        assert_ne!(id("r", "d", IndexKey::TrTr), id("r", "d", IndexKey::DeDe));
+        assert_ne!(id("r", "d", IndexKey::TrTr), id("s", "d", IndexKey::TrTr));
+        assert_ne!(id("r", "d", IndexKey::TrTr), id("r", "e", IndexKey::TrTr));
     }
 }

@@ -87,6 +87,7 @@ pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode>
                     &body,
                     config.ingest.critical_stock,
                     &config.dispatcher.index_keys,
+                    config.dispatcher.max_ids,
                 )
                 .with_context(|| {
                     format!(

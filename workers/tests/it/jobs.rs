@@ -27,7 +27,10 @@ async fn seed_job(
         "v": 1, "requestId": request_id, "parameterIds": [3], "parameterName": field,
         "invalidationType": "ASSORTMENT", "indexKeys": ["trTR"], "invalidationTime": now_millis(),
     });
-    let id = job::id(request_id, IndexKey::TrTr);
+    let id = job::id_of(
+        &serde_json::from_value(request.clone()).unwrap(),
+        IndexKey::TrTr,
+    );
     let new = db::NewJob {
         id,
         request_id: request_id.into(),
@@ -45,7 +48,9 @@ async fn seed_job(
             expected_hits: 0,
         })
         .collect();
-    db::create_job(pool, &new, &tasks).await.unwrap();
+    db::create_job(pool, &new, &tasks, Duration::from_secs(86_400))
+        .await
+        .unwrap();
     db::job(pool, id).await.unwrap().unwrap()
 }
 

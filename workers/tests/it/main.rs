@@ -5,6 +5,7 @@ mod compose;
 mod consumers;
 mod dlq;
 mod failures;
+mod idempotency;
 mod jobs;
 mod monitoring;
 mod operators;

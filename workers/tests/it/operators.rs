@@ -79,7 +79,9 @@ async fn jobs_resume_republishes_purged_tasks_and_the_job_completes_exactly() {
             expected_hits: 0,
         },
     ];
-    let pending = db::create_job(&pool, &job, &tasks).await.unwrap();
+    let pending = db::create_job(&pool, &job, &tasks, Duration::from_secs(86_400))
+        .await
+        .unwrap();
     assert_eq!(pending.len(), 2);
 
     let workers = env.start(&[WorkerKind::Partition]);

@@ -39,6 +39,19 @@ async fn completion_events(env: &TestEnv) -> Vec<JobCompleted> {
         .collect()
 }
 
+/// The id of the job of `request_id` on `key`, once the dispatcher created it.
+async fn job_id(pool: &sqlx::PgPool, request_id: &str, key: IndexKey) -> uuid::Uuid {
+    eventually(Duration::from_secs(30), "the job to exist", || async {
+        db::jobs_of_request(pool, request_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|j| j.index_key == key.as_str())
+            .map(|j| j.id)
+    })
+    .await
+}
+
 /// Waits until the job is completed (or panics after `wait`).
 async fn completed_job(pool: &sqlx::PgPool, id: uuid::Uuid, wait: Duration) -> db::JobRow {
     eventually(wait, "the job to complete", || async {
@@ -130,7 +143,7 @@ async fn a_split_request_delivers_exactly_the_ids_of_the_unsplit_query() {
     }
     let pool = env.db().await;
     for key in [IndexKey::TrTr, IndexKey::DeDe] {
-        let id = job::id("split-1", key);
+        let id = job_id(&pool, "split-1", key).await;
         let job = completed_job(&pool, id, Duration::from_secs(20)).await;
         assert_eq!(job.total_hits as usize, expected.len());
         check_job(&pool, id, 400).await;
@@ -205,7 +218,7 @@ async fn uniform_and_nested_splits_are_exact_too() {
 
     let pool = env.db().await;
     for (rid, key) in [("uniform-1", IndexKey::EnAt), ("nested-1", IndexKey::TrTr)] {
-        let id = job::id(rid, key);
+        let id = job_id(&pool, rid, key).await;
         completed_job(&pool, id, Duration::from_secs(20)).await;
         check_job(&pool, id, 400).await;
     }
@@ -233,10 +246,10 @@ async fn small_requests_resolve_in_place_and_share_batches() {
         )
         .await;
     assert_eq!(ids, small);
-    assert!(db::job(&env.db().await, job::id("small-1", IndexKey::TrTr))
+    assert!(db::jobs_of_request(&env.db().await, "small-1")
         .await
         .unwrap()
-        .is_none());
+        .is_empty());
 
     // A burst of one-id requests for the same type and locale: while one
     // batch awaits its confirm, the others accumulate and share messages.
@@ -271,7 +284,7 @@ async fn a_job_completes_once_even_when_task_messages_are_delivered_twice() {
     )
     .await;
     let pool = env.db().await;
-    let id = job::id("dup-1", IndexKey::TrTr);
+    let id = job_id(&pool, "dup-1", IndexKey::TrTr).await;
     let job = eventually(Duration::from_secs(20), "the job to exist", || async {
         db::job(&pool, id).await.unwrap()
     })
@@ -472,7 +485,10 @@ async fn one_sweeper_at_a_time_republishes_stalled_tasks_and_the_job_completes()
         "v": 1, "requestId": "stalled-1", "parameterIds": [3], "parameterName": "brand.id",
         "invalidationType": "ASSORTMENT", "indexKeys": ["trTR"], "invalidationTime": fleet_shared::message::now_millis(),
     });
-    let id = job::id("stalled-1", IndexKey::TrTr);
+    let id = job::id_of(
+        &serde_json::from_value(request.clone()).unwrap(),
+        IndexKey::TrTr,
+    );
     let job = db::NewJob {
         id,
         request_id: "stalled-1".into(),
@@ -499,7 +515,9 @@ async fn one_sweeper_at_a_time_republishes_stalled_tasks_and_the_job_completes()
             expected_hits: 0,
         },
     ];
-    db::create_job(&pool, &job, &tasks).await.unwrap();
+    db::create_job(&pool, &job, &tasks, Duration::from_secs(86_400))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1700)).await;
 
     let config = std::sync::Arc::new(env.config.clone());
@@ -607,7 +625,7 @@ async fn killing_a_partition_worker_mid_job_loses_nothing() {
     )
     .await;
     let pool = env.db().await;
-    let id = job::id("kill-1", IndexKey::EnBe);
+    let id = job_id(&pool, "kill-1", IndexKey::EnBe).await;
     let job = eventually(Duration::from_secs(20), "the job", || async {
         db::job(&pool, id).await.unwrap()
     })
