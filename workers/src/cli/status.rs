@@ -8,9 +8,8 @@ use anyhow::Context as _;
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use fleet_shared::config::Config;
-use fleet_shared::mgmt::{vhost_of, Management};
-use fleet_shared::topology::{enc, Topology};
-use serde_json::Value;
+use fleet_shared::mgmt::{vhost_of, Management, QueueInfo};
+use fleet_shared::topology::Topology;
 
 /// Options of `fleet status`.
 #[derive(Debug, Args)]
@@ -42,22 +41,17 @@ pub struct QueueStatus {
 }
 
 impl QueueStatus {
-    /// Reads one entry of `GET /api/queues/<vhost>`.
-    pub fn from_api(v: &Value) -> Self {
-        let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        let stats = &v["message_stats"];
-        let rate = |k: &str| stats[k]["rate"].as_f64();
+    /// Reads the management API's entry for one queue.
+    pub fn from_api(q: &QueueInfo) -> Self {
         Self {
-            name: v["name"].as_str().unwrap_or_default().to_string(),
+            name: q.name.clone(),
             exists: true,
-            messages: n("messages"),
-            ready: n("messages_ready"),
-            unacked: n("messages_unacknowledged"),
-            consumers: n("consumers"),
-            publish_rate: rate("publish_details").unwrap_or(0.0),
-            deliver_rate: rate("deliver_get_details")
-                .or_else(|| rate("deliver_details"))
-                .unwrap_or(0.0),
+            messages: q.messages.unwrap_or(0),
+            ready: q.messages_ready.unwrap_or(0),
+            unacked: q.messages_unacknowledged.unwrap_or(0),
+            consumers: q.consumers.unwrap_or(0),
+            publish_rate: q.publish_rate(),
+            deliver_rate: q.deliver_rate(),
         }
     }
 }
@@ -185,39 +179,38 @@ pub async fn worker_connections(
     vhost: &str,
 ) -> anyhow::Result<Vec<WorkerConnection>> {
     let connections = mgmt
-        .list(&format!("vhosts/{}/connections", enc(vhost)))
+        .connections(vhost)
         .await
         .with_context(|| format!("cannot list the connections of vhost {vhost:?}"))?;
     let consumers = mgmt
-        .list(&format!("consumers/{}", enc(vhost)))
+        .consumers(vhost)
         .await
         .with_context(|| format!("cannot list the consumers of vhost {vhost:?}"))?;
-    let mut per_connection: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_connection: BTreeMap<&str, u64> = BTreeMap::new();
     for c in &consumers {
-        if let Some(conn) = c["channel_details"]["connection_name"].as_str() {
-            *per_connection.entry(conn.to_string()).or_default() += 1;
-        }
+        *per_connection
+            .entry(c.channel_details.connection_name.as_str())
+            .or_default() += 1;
     }
     let mut out: Vec<WorkerConnection> = connections
         .iter()
         .filter_map(|c| {
-            let name = c["client_properties"]["connection_name"].as_str()?;
+            let name = c.client_name()?;
             if !name.starts_with("fleet-") {
                 return None;
             }
             // The API keys consumers by the broker's connection name (peer -> host).
-            let broker_name = c["name"].as_str().unwrap_or_default();
             Some(WorkerConnection {
                 name: name.to_string(),
                 peer: format!(
                     "{}:{}",
-                    c["peer_host"].as_str().unwrap_or("?"),
-                    c["peer_port"].as_u64().unwrap_or(0)
+                    c.peer_host.as_deref().unwrap_or("?"),
+                    c.peer_port.unwrap_or(0)
                 ),
-                state: c["state"].as_str().unwrap_or("-").to_string(),
-                channels: c["channels"].as_u64().unwrap_or(0),
-                consumers: per_connection.get(broker_name).copied().unwrap_or(0),
-                connected_at: c["connected_at"].as_i64(),
+                state: c.state.clone().unwrap_or_else(|| "-".into()),
+                channels: c.channels.unwrap_or(0),
+                consumers: per_connection.get(c.name.as_str()).copied().unwrap_or(0),
+                connected_at: c.connected_at,
             })
         })
         .collect();
@@ -247,14 +240,16 @@ mod tests {
             "messages_unacknowledged": 2, "consumers": 3,
             "message_stats": {"publish_details": {"rate": 12.5}, "deliver_get_details": {"rate": 4.0}}
         });
-        let q = QueueStatus::from_api(&v);
+        let q = QueueStatus::from_api(&serde_json::from_value(v).unwrap());
         assert_eq!(q.messages, 7);
         assert_eq!(q.ready, 5);
         assert_eq!(q.unacked, 2);
         assert_eq!(q.consumers, 3);
         assert_eq!(q.publish_rate, 12.5);
         assert_eq!(q.deliver_rate, 4.0);
-        let idle = QueueStatus::from_api(&serde_json::json!({"name": "q"}));
+        let idle = QueueStatus::from_api(
+            &serde_json::from_value(serde_json::json!({"name": "q"})).unwrap(),
+        );
         assert_eq!((idle.messages, idle.publish_rate), (0, 0.0));
     }
 }

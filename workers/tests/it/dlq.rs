@@ -588,11 +588,7 @@ async fn list_shows_depth_age_and_top_reasons_without_taking_anything() {
         "the management API to see the messages",
         || async {
             let qs = env.mgmt.queues(&env.vhost).await.ok()?;
-            let depth = |name: &str| {
-                qs.iter()
-                    .find(|q| q["name"] == name)
-                    .and_then(|q| q["messages"].as_u64())
-            };
+            let depth = |name: &str| qs.iter().find(|q| q.name == name).and_then(|q| q.messages);
             (depth(&queue) == Some(5) && depth(names::UNROUTABLE) == Some(1)).then_some(())
         },
     )

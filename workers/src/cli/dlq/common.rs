@@ -7,7 +7,7 @@ use fleet_shared::broker::{self, Identity};
 use fleet_shared::config::Config;
 use fleet_shared::lapin::Connection;
 use fleet_shared::mgmt::{vhost_of, Management};
-use fleet_shared::topology::{enc, Topology};
+use fleet_shared::topology::Topology;
 use serde_json::Value;
 
 pub(super) async fn connect(config: &Config) -> anyhow::Result<Connection> {
@@ -43,10 +43,7 @@ pub(super) async fn queue_info(
             // Queues outside the topology count too, when the management API answers.
             if let Ok(mgmt) = Management::new(&config.amqp.management_url) {
                 if let Ok(live) = mgmt.queues(&vhost_of(&config.amqp.url)).await {
-                    candidates.extend(
-                        live.iter()
-                            .filter_map(|q| q["name"].as_str().map(str::to_string)),
-                    );
+                    candidates.extend(live.into_iter().map(|q| q.name));
                 }
             }
             bail!("{}", missing_queue_message(queue, &candidates))
@@ -88,11 +85,8 @@ pub(super) async fn quorum_limit(
     vhost: &str,
     queue: &str,
 ) -> Option<Option<u64>> {
-    let q = mgmt?
-        .get(&format!("queues/{}/{}", enc(vhost), enc(queue)))
-        .await
-        .ok()?;
-    (q["type"] == "quorum").then(|| q["arguments"]["x-delivery-limit"].as_u64())
+    let q = mgmt?.queue(vhost, queue).await.ok()?;
+    (q.kind == "quorum").then(|| q.delivery_limit())
 }
 
 pub(super) fn quorum_note(queue: &str, limit: Option<u64>) {

@@ -10,9 +10,8 @@ use anyhow::Context as _;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use fleet_shared::broker::headers;
 use fleet_shared::config::Config;
-use fleet_shared::mgmt::{vhost_of, Management};
+use fleet_shared::mgmt::{vhost_of, Management, QueueInfo};
 use fleet_shared::topology::Topology;
-use serde_json::Value;
 
 use super::common::{age_text, connect, quorum_note};
 use super::peek::{message_time, sample, Peeked};
@@ -27,10 +26,7 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
         .queues(&vhost)
         .await
         .with_context(|| format!("cannot list the queues of vhost {vhost:?}"))?;
-    let live: BTreeMap<String, &Value> = live
-        .iter()
-        .filter_map(|q| Some((q["name"].as_str()?.to_string(), q)))
-        .collect();
+    let live: BTreeMap<String, QueueInfo> = live.into_iter().map(|q| (q.name.clone(), q)).collect();
     let conn = connect(config).await?;
     let operator = topo.operator_queues();
     let mut table = Table::new();
@@ -56,10 +52,7 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
         };
         // The management API's counts lag by its statistics interval (a few
         // seconds); good enough for an overview and one request for all queues.
-        let depth = info["messages"]
-            .as_u64()
-            .or_else(|| info["messages_ready"].as_u64())
-            .unwrap_or(0);
+        let depth = info.messages.or(info.messages_ready).unwrap_or(0);
         total += depth;
         if depth == 0 && !all {
             continue;
@@ -76,8 +69,8 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
         } else {
             (String::new(), String::new())
         };
-        if depth > 0 && info["type"] == "quorum" {
-            quorum_note(name, info["arguments"]["x-delivery-limit"].as_u64());
+        if depth > 0 && info.kind == "quorum" {
+            quorum_note(name, info.delivery_limit());
         }
         table.add_row(vec![
             Cell::new(name),
