@@ -2,33 +2,37 @@
 //! unroutable) with its depth, the age of its oldest message and its top
 //! error reasons.
 //!
+//! Depths are the broker's own (passive declares), so a message that was
+//! dead-lettered a moment ago is already counted: an operator's first look
+//! after a failure must be exact. The management API's statistics lag by
+//! their collection interval and are not used for counting.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-use fleet_shared::broker::headers;
+use fleet_shared::broker::{self, headers};
 use fleet_shared::config::Config;
-use fleet_shared::mgmt::{vhost_of, Management, QueueInfo};
+use fleet_shared::mgmt::{vhost_of, Management};
 use fleet_shared::topology::Topology;
 
-use super::common::{age_text, connect, quorum_note};
+use super::common::{age_text, connect, quorum_limit, quorum_note};
 use super::peek::{message_time, sample, Peeked};
 
 /// Messages `list` samples per queue for its top error reasons.
 const SAMPLE: usize = 100;
 
 pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::Result<ExitCode> {
-    let mgmt = Management::new(&config.amqp.management_url)?;
     let vhost = vhost_of(&config.amqp.url);
-    let live = mgmt
-        .queues(&vhost)
-        .await
-        .with_context(|| format!("cannot list the queues of vhost {vhost:?}"))?;
-    let live: BTreeMap<String, QueueInfo> = live.into_iter().map(|q| (q.name.clone(), q)).collect();
     let conn = connect(config).await?;
     let operator = topo.operator_queues();
+    let names: Vec<&str> = operator.iter().map(|q| q.name.as_str()).collect();
+    let counts = broker::queue_counts(&conn, &names)
+        .await
+        .with_context(|| format!("cannot inspect the queues of vhost {vhost:?}"))?;
+    // Only for the quorum notes (a queue's type is not a statistic); optional.
+    let mgmt = Management::new(&config.amqp.management_url).ok();
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
         "queue",
@@ -38,9 +42,8 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
     ]);
     let mut shown = 0;
     let mut total = 0u64;
-    for q in &operator {
-        let name = q.name.as_str();
-        let Some(info) = live.get(name) else {
+    for (name, counts) in names.iter().zip(counts) {
+        let Some(counts) = counts else {
             table.add_row(vec![
                 Cell::new(name),
                 Cell::new("-").set_alignment(CellAlignment::Right),
@@ -50,9 +53,7 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
             shown += 1;
             continue;
         };
-        // The management API's counts lag by its statistics interval (a few
-        // seconds); good enough for an overview and one request for all queues.
-        let depth = info.messages.or(info.messages_ready).unwrap_or(0);
+        let depth = u64::from(counts.ready);
         total += depth;
         if depth == 0 && !all {
             continue;
@@ -69,8 +70,10 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
         } else {
             (String::new(), String::new())
         };
-        if depth > 0 && info.kind == "quorum" {
-            quorum_note(name, info.delivery_limit());
+        if depth > 0 {
+            if let Some(limit) = quorum_limit(mgmt.as_ref(), &vhost, name).await {
+                quorum_note(name, limit);
+            }
         }
         table.add_row(vec![
             Cell::new(name),

@@ -3,6 +3,9 @@
 //! share (connecting, finding a queue, quorum notes, showing bodies).
 //!
 //! Invariants:
+//! - depths are the broker's own counts (passive declares), exact the moment
+//!   a message lands; the management API is asked only what its statistics
+//!   alone know (a queue's type for the quorum notes, typo suggestions);
 //! - `list` and `peek` are non-destructive: messages are fetched unacked on
 //!   one channel and returned together with one `basic.nack(multiple,
 //!   requeue)`, which puts them back at their original positions;
