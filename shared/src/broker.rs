@@ -292,6 +292,54 @@ pub async fn inspect_queue(
     .await
 }
 
+/// Whether the broker answered NOT_FOUND (no such queue or exchange).
+pub fn is_not_found(e: &deadpool_lapin::lapin::Error) -> bool {
+    matches!(e.kind(), deadpool_lapin::lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
+}
+
+/// A queue's counts as the broker itself reports them (a passive declare):
+/// exact the moment a message lands, unlike the management API's
+/// statistics, which lag by their collection interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages ready for delivery (delivered-but-unacked ones not included).
+    pub ready: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// [`QueueCounts`] of each of `queues`, in order, by passive declares over
+/// `conn`; `None` for a queue the broker does not have. A missing queue
+/// closes the channel it was asked on, so the next question gets a new one.
+pub async fn queue_counts<S: AsRef<str>>(
+    conn: &Connection,
+    queues: &[S],
+) -> Result<Vec<Option<QueueCounts>>, deadpool_lapin::lapin::Error> {
+    let mut out = Vec::with_capacity(queues.len());
+    let mut ch: Option<Channel> = None;
+    for queue in queues {
+        let channel = match &ch {
+            Some(c) => c,
+            None => ch.insert(conn.create_channel().await?),
+        };
+        match inspect_queue(channel, queue.as_ref()).await {
+            Ok(q) => out.push(Some(QueueCounts {
+                ready: q.message_count(),
+                consumers: q.consumer_count(),
+            })),
+            Err(e) if is_not_found(&e) => {
+                out.push(None);
+                ch = None;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(c) = ch {
+        let _ = c.close(200, "queues inspected".into()).await;
+    }
+    Ok(out)
+}
+
 /// Header names the fleet writes. Readers accept their absence.
 pub mod headers {
     pub const ERROR_CLASS: &str = "x-error-class";

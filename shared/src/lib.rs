@@ -13,6 +13,7 @@ pub mod kv;
 pub mod message;
 pub mod mgmt;
 pub mod runtime;
+pub mod schema;
 pub mod search;
 pub mod source;
 pub mod telemetry;

@@ -394,21 +394,6 @@ pub struct JobCompleted {
     pub completed_at: i64,
 }
 
-/// The JSON Schema of every message kind, by name.
-pub fn schemas() -> Vec<(&'static str, Value)> {
-    let s = |schema: schemars::Schema| serde_json::to_value(schema).unwrap_or(Value::Null);
-    vec![
-        ("request", s(schemars::schema_for!(InvalidationRequest))),
-        ("outbound", s(schemars::schema_for!(OutboundBatch))),
-        ("partition-task", s(schemars::schema_for!(PartitionTask))),
-        ("job-completed", s(schemars::schema_for!(JobCompleted))),
-        (
-            "source-event",
-            s(schemars::schema_for!(crate::source::SourceEvent)),
-        ),
-    ]
-}
-
 /// Milliseconds since the epoch, now.
 pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -474,31 +459,5 @@ mod tests {
         );
         assert_eq!(IndexKey::for_language("en").len(), 5);
         assert_eq!(IndexKey::for_country("de"), vec![IndexKey::DeDe]);
-    }
-
-    #[test]
-    fn the_published_schemas_are_up_to_date() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema");
-        for (name, schema) in schemas() {
-            let path = dir.join(format!("{name}.json"));
-            let published: Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            assert_eq!(
-                published,
-                schema,
-                "{} is stale: regenerate with `fleet schema {name} > {}`",
-                path.display(),
-                path.display()
-            );
-        }
-    }
-
-    #[test]
-    fn schemas_name_the_required_fields() {
-        let all = schemas();
-        let request = &all.iter().find(|(n, _)| *n == "request").unwrap().1;
-        let required = request["required"].as_array().unwrap();
-        assert!(required.iter().any(|v| v == "parameterIds"));
-        assert!(!required.iter().any(|v| v == "requestId"));
     }
 }

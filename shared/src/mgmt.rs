@@ -1,36 +1,273 @@
-//! A small client for the RabbitMQ management HTTP API: topology plans,
-//! `status`, `dlq list`, and (in tests) vhost set-up and definition imports.
+//! The RabbitMQ management HTTP API: the one module that talks to it.
+//!
+//! Callers get typed methods (queues, exchanges, bindings, connections,
+//! consumers, vhosts and permissions, closing a connection, importing
+//! definitions); every URL is built here, with each path segment
+//! percent-encoded, so no caller ever writes a management path by hand.
+//!
+//! Queue depths and consumer counts here come from the broker's *statistics*,
+//! which lag by its collection interval (5 s by default). Whoever needs an
+//! exact count asks the broker itself (`broker::inspect_queue`, a passive
+//! declare); this API is for rates, definitions and who is connected.
+//!
+//! Not `rabbitmq_http_client`: its 0.72.0 (the last on reqwest 0.12) depends
+//! on `rbase64`, which installs mimalloc as the process's global allocator —
+//! every worker's allocator would change with a CLI helper dependency.
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use reqwest::Url;
-use serde_json::Value;
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
-use crate::topology::enc;
+/// How long one management call may take. The API answers in milliseconds
+/// when healthy; a hung node must not hang `status` or a topology plan.
+const TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What went wrong talking to the management API.
+#[derive(Debug, thiserror::Error)]
+pub enum MgmtError {
+    /// The configured management URL does not parse.
+    #[error("bad management URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("cannot set up the management API client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// No answer: connection refused, DNS, timeout.
+    #[error(
+        "cannot reach the RabbitMQ management API at {base} ({what}); enable it with \
+         `rabbitmq-plugins enable rabbitmq_management` or set RABBITMQ_MANAGEMENT_URL"
+    )]
+    Unreachable {
+        base: String,
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The API answered with an error status.
+    #[error("management API {what}: {status}: {body}")]
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    /// The API answered 2xx with a body of another shape than expected.
+    #[error("management API {what}: unexpected answer: {reason}")]
+    Decode { what: String, reason: String },
+}
+
+impl MgmtError {
+    /// The vhost, queue, connection … does not exist (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// The HTTP status of an error answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            MgmtError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One queue as `GET /api/queues/<vhost>` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    /// `classic`, `quorum` or `stream`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub durable: bool,
+    /// The queue's declared arguments (`x-message-ttl`, `x-queue-type`, …).
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+    /// Ready plus unacknowledged (statistics: lags; absent on a fresh queue).
+    #[serde(default)]
+    pub messages: Option<u64>,
+    /// Ready messages (statistics: lags).
+    #[serde(default)]
+    pub messages_ready: Option<u64>,
+    /// Delivered and not yet acknowledged (statistics: lags).
+    #[serde(default)]
+    pub messages_unacknowledged: Option<u64>,
+    /// Consumers attached (statistics: lags).
+    #[serde(default)]
+    pub consumers: Option<u64>,
+    /// Publish and delivery rates, when the broker has any to report.
+    #[serde(default)]
+    pub message_stats: MessageStats,
+}
+
+impl QueueInfo {
+    /// Messages published per second (recent average).
+    pub fn publish_rate(&self) -> f64 {
+        rate(&self.message_stats.publish_details)
+    }
+
+    /// Messages delivered or fetched per second (recent average).
+    pub fn deliver_rate(&self) -> f64 {
+        self.message_stats
+            .deliver_get_details
+            .as_ref()
+            .or(self.message_stats.deliver_details.as_ref())
+            .map_or(0.0, |r| r.rate)
+    }
+
+    /// `x-delivery-limit` of a quorum queue.
+    pub fn delivery_limit(&self) -> Option<u64> {
+        self.arguments.get("x-delivery-limit")?.as_u64()
+    }
+}
+
+fn rate(r: &Option<Rate>) -> f64 {
+    r.as_ref().map_or(0.0, |r| r.rate)
+}
+
+/// A queue's message rates.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct MessageStats {
+    #[serde(default)]
+    pub publish_details: Option<Rate>,
+    #[serde(default)]
+    pub deliver_get_details: Option<Rate>,
+    #[serde(default)]
+    pub deliver_details: Option<Rate>,
+}
+
+/// One rate of `message_stats`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Rate {
+    /// Per second, averaged over the broker's sample window.
+    #[serde(default)]
+    pub rate: f64,
+}
+
+/// One exchange as `GET /api/exchanges/<vhost>` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ExchangeInfo {
+    /// Empty for the default exchange.
+    pub name: String,
+    /// `topic`, `direct`, `fanout`, `headers`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub durable: bool,
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+}
+
+/// One binding as `GET /api/bindings/<vhost>` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct BindingInfo {
+    /// The exchange; empty for the default exchange's implicit bindings.
+    pub source: String,
+    pub destination: String,
+    /// `queue` or `exchange`.
+    #[serde(default)]
+    pub destination_type: String,
+    #[serde(default)]
+    pub routing_key: String,
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+}
+
+/// One client connection as `GET /api/vhosts/<vhost>/connections` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ConnectionInfo {
+    /// The broker's name for it (`peer -> host`); what [`Management::close_connection`] takes.
+    pub name: String,
+    /// What the client sent, including its own `connection_name`.
+    #[serde(default)]
+    pub client_properties: Map<String, Value>,
+    #[serde(default)]
+    pub peer_host: Option<String>,
+    #[serde(default)]
+    pub peer_port: Option<u64>,
+    /// `running`, `blocked`, … (statistics: absent on a brand-new connection).
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub channels: Option<u64>,
+    /// Milliseconds since the epoch.
+    #[serde(default)]
+    pub connected_at: Option<i64>,
+}
+
+impl ConnectionInfo {
+    /// The name the client gave itself (`fleet-<worker>@<host> …`).
+    pub fn client_name(&self) -> Option<&str> {
+        self.client_properties.get("connection_name")?.as_str()
+    }
+}
+
+/// One consumer as `GET /api/consumers/<vhost>` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ConsumerInfo {
+    #[serde(default)]
+    pub consumer_tag: String,
+    #[serde(default)]
+    pub queue: NameRef,
+    #[serde(default)]
+    pub channel_details: ChannelRef,
+    #[serde(default)]
+    pub prefetch_count: u64,
+    #[serde(default)]
+    pub ack_required: bool,
+}
+
+/// A reference by name (`{"name": …, "vhost": …}`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NameRef {
+    pub name: String,
+}
+
+/// The channel a consumer lives on.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ChannelRef {
+    /// The broker's name of the connection (matches [`ConnectionInfo::name`]).
+    #[serde(default)]
+    pub connection_name: String,
+}
+
+/// A client of one broker's management API.
 #[derive(Clone)]
 pub struct Management {
     http: reqwest::Client,
+    /// `http://host:port` without credentials.
     base: Url,
     user: String,
     password: String,
 }
 
 impl Management {
-    /// `url` carries the credentials: `http://guest:guest@127.0.0.1:15672`.
-    pub fn new(url: &str) -> anyhow::Result<Self> {
-        let mut base = Url::parse(url).with_context(|| format!("bad management URL {url:?}"))?;
+    /// `url` carries the credentials: `http://guest:guest@127.0.0.1:15672`
+    /// (`guest`/`guest` when it has none).
+    pub fn new(url: &str) -> Result<Self, MgmtError> {
+        let mut base = Url::parse(url).map_err(|e| MgmtError::BadUrl {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
+        if base.cannot_be_a_base() {
+            return Err(MgmtError::BadUrl {
+                url: url.into(),
+                reason: "not an http(s) URL".into(),
+            });
+        }
         let user = match base.username() {
             "" => "guest".to_string(),
-            u => u.to_string(),
+            u => percent_decode(u),
         };
-        let password = base.password().unwrap_or("guest").to_string();
+        let password = base.password().map_or("guest".into(), percent_decode);
+        // Infallible on a base URL (checked above); the credentials go in a header instead.
         let _ = base.set_username("");
         let _ = base.set_password(None);
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()?;
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(MgmtError::Client)?;
         Ok(Self {
             http,
             base,
@@ -39,84 +276,154 @@ impl Management {
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/{}", self.base.as_str().trim_end_matches('/'), path)
+    /// The user this client authenticates as.
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
-    async fn send(
-        &self,
-        req: reqwest::RequestBuilder,
-        what: &str,
-    ) -> anyhow::Result<reqwest::Response> {
-        let res = req
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
+    // ------------------------------------------------------------- queues …
+
+    /// Every queue of `vhost`.
+    pub async fn queues(&self, vhost: &str) -> Result<Vec<QueueInfo>, MgmtError> {
+        self.get(&["queues", vhost]).await
+    }
+
+    /// One queue.
+    pub async fn queue(&self, vhost: &str, name: &str) -> Result<QueueInfo, MgmtError> {
+        self.get(&["queues", vhost, name]).await
+    }
+
+    /// Every exchange of `vhost` (the default and `amq.*` ones included).
+    pub async fn exchanges(&self, vhost: &str) -> Result<Vec<ExchangeInfo>, MgmtError> {
+        self.get(&["exchanges", vhost]).await
+    }
+
+    /// Every binding of `vhost` (the default exchange's implicit ones included).
+    pub async fn bindings(&self, vhost: &str) -> Result<Vec<BindingInfo>, MgmtError> {
+        self.get(&["bindings", vhost]).await
+    }
+
+    /// The client connections to `vhost`.
+    pub async fn connections(&self, vhost: &str) -> Result<Vec<ConnectionInfo>, MgmtError> {
+        self.get(&["vhosts", vhost, "connections"]).await
+    }
+
+    /// The consumers in `vhost`.
+    pub async fn consumers(&self, vhost: &str) -> Result<Vec<ConsumerInfo>, MgmtError> {
+        self.get(&["consumers", vhost]).await
+    }
+
+    /// Closes one connection by the broker's name for it ([`ConnectionInfo::name`]).
+    pub async fn close_connection(&self, name: &str, reason: &str) -> Result<(), MgmtError> {
+        self.send(Method::DELETE, &["connections", name], |r| {
+            r.header("X-Reason", reason)
+        })
+        .await
+        .map(drop)
+    }
+
+    // ------------------------------------------------------------- vhosts
+
+    /// Creates `vhost` and gives this client's user full permissions on it.
+    pub async fn create_vhost(&self, vhost: &str) -> Result<(), MgmtError> {
+        self.put(&["vhosts", vhost], &serde_json::json!({})).await?;
+        self.grant_all(vhost, &self.user).await
+    }
+
+    /// Deletes `vhost` with everything in it.
+    pub async fn delete_vhost(&self, vhost: &str) -> Result<(), MgmtError> {
+        self.send(Method::DELETE, &["vhosts", vhost], |r| r)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the RabbitMQ management API at {} ({what}); enable it with \
-                     `rabbitmq-plugins enable rabbitmq_management` or set RABBITMQ_MANAGEMENT_URL",
-                    self.base
-                )
-            })?;
-        if !res.status().is_success() {
-            let status = res.status();
-            let body = res.text().await.unwrap_or_default();
-            bail!("management API {what}: {status}: {body}");
-        }
-        Ok(res)
+            .map(drop)
     }
 
-    /// GET a JSON value.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let res = self.send(self.http.get(self.url(path)), path).await?;
-        Ok(res.json().await?)
-    }
-
-    /// GET a JSON array.
-    pub async fn list(&self, path: &str) -> anyhow::Result<Vec<Value>> {
-        match self.get(path).await? {
-            Value::Array(a) => Ok(a),
-            other => bail!("management API {path}: expected a list, got {other}"),
-        }
-    }
-
-    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<()> {
-        self.send(self.http.put(self.url(path)).json(body), path)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<()> {
-        self.send(self.http.post(self.url(path)).json(body), path)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.send(self.http.delete(self.url(path)), path).await?;
-        Ok(())
-    }
-
-    /// Creates a vhost and gives `user` full permissions on it.
-    pub async fn create_vhost(&self, vhost: &str) -> anyhow::Result<()> {
-        self.put(&format!("vhosts/{}", enc(vhost)), &serde_json::json!({}))
-            .await?;
+    /// Gives `user` configure, write and read permissions on everything in `vhost`.
+    pub async fn grant_all(&self, vhost: &str, user: &str) -> Result<(), MgmtError> {
         self.put(
-            &format!("permissions/{}/{}", enc(vhost), enc(&self.user)),
+            &["permissions", vhost, user],
             &serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
         )
         .await
     }
 
-    pub async fn delete_vhost(&self, vhost: &str) -> anyhow::Result<()> {
-        self.delete(&format!("vhosts/{}", enc(vhost))).await
+    /// Imports a definitions document (the management UI's import; what
+    /// exists is left as it is).
+    pub async fn import_definitions(&self, doc: &Value) -> Result<(), MgmtError> {
+        self.send(Method::POST, &["definitions"], |r| r.json(doc))
+            .await
+            .map(drop)
     }
 
-    /// Queue details (depth, consumers, rates) of one vhost.
-    pub async fn queues(&self, vhost: &str) -> anyhow::Result<Vec<Value>> {
-        self.list(&format!("queues/{}", enc(vhost))).await
+    // ------------------------------------------------------------- plumbing
+
+    /// `/api/<segment>/<segment>…`, every segment percent-encoded.
+    fn path(segments: &[&str]) -> String {
+        let mut out = String::from("/api");
+        for s in segments {
+            out.push('/');
+            out.push_str(&enc(s));
+        }
+        out
     }
+
+    /// One authenticated call; `build` adds a body or headers. An error
+    /// status is an error, with the API's own explanation.
+    async fn send(
+        &self,
+        method: Method,
+        segments: &[&str],
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, MgmtError> {
+        let path = Self::path(segments);
+        let what = format!("{method} {path}");
+        let url = format!("{}{path}", self.base.as_str().trim_end_matches('/'));
+        let req = self
+            .http
+            .request(method, url)
+            .basic_auth(&self.user, Some(&self.password));
+        let res = build(req)
+            .send()
+            .await
+            .map_err(|source| MgmtError::Unreachable {
+                base: self.base.to_string(),
+                what: what.clone(),
+                source,
+            })?;
+        if !res.status().is_success() {
+            let status = res.status().as_u16();
+            let body = res.text().await.unwrap_or_default();
+            return Err(MgmtError::Status { what, status, body });
+        }
+        Ok(res)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T, MgmtError> {
+        let res = self.send(Method::GET, segments, |r| r).await?;
+        let decode = |reason: String| MgmtError::Decode {
+            what: format!("GET {}", Self::path(segments)),
+            reason,
+        };
+        let bytes = res.bytes().await.map_err(|e| decode(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))
+    }
+
+    async fn put(&self, segments: &[&str], body: &Value) -> Result<(), MgmtError> {
+        self.send(Method::PUT, segments, |r| r.json(body))
+            .await
+            .map(drop)
+    }
+}
+/// Percent-encodes one path segment (a vhost `/` is `%2F`).
+fn enc(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The vhost an AMQP URL names (`/` when it names none).
@@ -158,6 +465,47 @@ mod tests {
         assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "/");
         assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672"), "/");
         assert_eq!(vhost_of("amqp://127.0.0.1:5672/test-1"), "test-1");
-        assert_eq!(enc("/"), "%2F");
+    }
+
+    #[test]
+    fn every_path_segment_is_encoded() {
+        let m = Management::new("http://u:p%40ss@127.0.0.1:15672/").unwrap();
+        assert_eq!(m.user(), "u");
+        assert_eq!(m.password, "p@ss");
+        assert_eq!(
+            Management::path(&["queues", "/", "a b.dlq"]),
+            "/api/queues/%2F/a%20b.dlq"
+        );
+        assert_eq!(
+            Management::path(&["connections", "127.0.0.1:5 -> 127.0.0.1:5672"]),
+            "/api/connections/127.0.0.1%3A5%20-%3E%20127.0.0.1%3A5672"
+        );
+        assert!(matches!(
+            Management::new("not a url"),
+            Err(MgmtError::BadUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn queues_decode_with_and_without_statistics() {
+        let q: QueueInfo = serde_json::from_value(serde_json::json!({
+            "name": "invalidation.requests.fast", "type": "quorum", "durable": true,
+            "arguments": {"x-delivery-limit": 50}, "messages": 7, "messages_ready": 5,
+            "messages_unacknowledged": 2, "consumers": 3,
+            "message_stats": {"publish_details": {"rate": 12.5}, "deliver_get_details": {"rate": 4.0}}
+        }))
+        .unwrap();
+        assert_eq!((q.messages, q.consumers), (Some(7), Some(3)));
+        assert_eq!((q.publish_rate(), q.deliver_rate()), (12.5, 4.0));
+        assert_eq!(q.delivery_limit(), Some(50));
+        // A queue the statistics have not reached yet.
+        let fresh: QueueInfo = serde_json::from_value(serde_json::json!({"name": "q"})).unwrap();
+        assert_eq!((fresh.messages, fresh.publish_rate()), (None, 0.0));
+        let e = MgmtError::Status {
+            what: "GET queues/x/y".into(),
+            status: 404,
+            body: String::new(),
+        };
+        assert!(e.is_not_found());
     }
 }

@@ -296,7 +296,8 @@ pub async fn consume<H: Handler>(
                 backoff = Duration::from_millis(250);
             }
             Err(error) => {
-                if is_not_found(&error) {
+                // NOT_FOUND: the queue to consume does not exist.
+                if broker::is_not_found(&error) {
                     redeclare = true;
                 }
                 tracing::warn!(%error, worker, "Consumer failed; reconnecting.");
@@ -314,11 +315,6 @@ enum SessionEnd {
     Lost,
     /// The broker cancelled the consumer of this queue.
     Cancelled(String),
-}
-
-/// A NOT_FOUND channel error: the queue to consume does not exist.
-fn is_not_found(e: &deadpool_lapin::lapin::Error) -> bool {
-    e.to_string().contains("NOT_FOUND")
 }
 
 async fn redeclare_topology(

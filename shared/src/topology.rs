@@ -678,62 +678,63 @@ pub async fn plan(
     mgmt: &Management,
     vhost: &str,
     topology: &Topology,
-) -> anyhow::Result<Vec<Change>> {
-    let live_queues = mgmt.list(&format!("queues/{}", enc(vhost))).await?;
-    let live_exchanges = mgmt.list(&format!("exchanges/{}", enc(vhost))).await?;
-    let live_bindings = mgmt.list(&format!("bindings/{}", enc(vhost))).await?;
+) -> Result<Vec<Change>, crate::mgmt::MgmtError> {
+    let live_queues = mgmt.queues(vhost).await?;
+    let live_exchanges = mgmt.exchanges(vhost).await?;
+    let live_bindings = mgmt.bindings(vhost).await?;
     let mut changes = Vec::new();
-    let by_name = |list: &[Value], name: &str| -> Option<Value> {
-        list.iter().find(|v| v["name"] == name).cloned()
-    };
     for e in &topology.exchanges {
-        match by_name(&live_exchanges, &e.name) {
+        match live_exchanges.iter().find(|x| x.name == e.name) {
             None => changes.push(Change::CreateExchange(e.name.clone())),
             Some(live) => {
-                if live["type"] != e.kind.as_str() {
+                if live.kind != e.kind {
                     changes.push(Change::Conflict(Mismatch {
                         kind: "exchange",
                         name: e.name.clone(),
                         argument: "type".into(),
                         wanted: e.kind.clone(),
-                        found: live["type"].as_str().unwrap_or("?").into(),
+                        found: live.kind.clone(),
                     }));
                 }
                 diff_args(
                     "exchange",
                     &e.name,
                     &e.arguments,
-                    &live["arguments"],
+                    &live.arguments,
                     &mut changes,
                 );
             }
         }
     }
     for q in &topology.queues {
-        match by_name(&live_queues, &q.name) {
+        match live_queues.iter().find(|x| x.name == q.name) {
             None => changes.push(Change::CreateQueue(q.name.clone())),
             Some(live) => diff_args(
                 "queue",
                 &q.name,
                 &q.arguments,
-                &live["arguments"],
+                &live.arguments,
                 &mut changes,
             ),
         }
     }
-    let have: BTreeSet<(String, String, String)> = live_bindings
+    let have: BTreeSet<(&str, &str, &str)> = live_bindings
         .iter()
-        .filter(|b| b["destination_type"] == "queue")
+        .filter(|b| b.destination_type == "queue")
         .map(|b| {
             (
-                b["source"].as_str().unwrap_or("").to_string(),
-                b["destination"].as_str().unwrap_or("").to_string(),
-                b["routing_key"].as_str().unwrap_or("").to_string(),
+                b.source.as_str(),
+                b.destination.as_str(),
+                b.routing_key.as_str(),
             )
         })
         .collect();
     for b in &topology.bindings {
-        if !have.contains(&(b.exchange.clone(), b.queue.clone(), b.routing_key.clone())) {
+        if !have.contains(&(
+            b.exchange.as_str(),
+            b.queue.as_str(),
+            b.routing_key.as_str(),
+        )) {
             changes.push(Change::CreateBinding(b.clone()));
         }
     }
@@ -744,11 +745,9 @@ fn diff_args(
     kind: &'static str,
     name: &str,
     wanted: &BTreeMap<String, Arg>,
-    live: &Value,
+    live: &serde_json::Map<String, Value>,
     changes: &mut Vec<Change>,
 ) {
-    let empty = serde_json::Map::new();
-    let live = live.as_object().unwrap_or(&empty);
     let keys: BTreeSet<&String> = wanted.keys().chain(live.keys()).collect();
     for key in keys {
         let w = wanted.get(key);
@@ -767,19 +766,6 @@ fn diff_args(
             }));
         }
     }
-}
-
-/// URL-encodes a vhost for the management API (`/` is `%2F`).
-pub fn enc(vhost: &str) -> String {
-    vhost
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A RabbitMQ definitions document (accepted by `load_definitions` and the

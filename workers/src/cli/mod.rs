@@ -168,7 +168,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::run(&g.config()?, args, g.search_url.clone(), g.config.clone()).await
         }
         Command::Schema { kind } => {
-            let all = fleet_shared::message::schemas();
+            let all = fleet_shared::schema::all();
             match all.iter().find(|(n, _)| *n == kind) {
                 Some((_, schema)) => {
                     println!("{}", serde_json::to_string_pretty(schema)?);

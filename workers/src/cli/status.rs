@@ -1,5 +1,10 @@
 //! `fleet status`: the fleet's queues (depth, consumers, rates) and its
-//! connected workers, from the RabbitMQ management API.
+//! connected workers.
+//!
+//! Depths and consumer counts come from the broker itself (passive declares:
+//! exact the moment a message lands); the management API supplies what only
+//! its statistics know — unacked counts and rates, a few seconds behind —
+//! and who is connected.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -7,10 +12,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use fleet_shared::broker::{self, Identity, QueueCounts};
 use fleet_shared::config::Config;
-use fleet_shared::mgmt::{vhost_of, Management};
-use fleet_shared::topology::{enc, Topology};
-use serde_json::Value;
+use fleet_shared::mgmt::{vhost_of, Management, QueueInfo};
+use fleet_shared::topology::Topology;
 
 /// Options of `fleet status`.
 #[derive(Debug, Args)]
@@ -20,7 +25,7 @@ pub struct StatusArgs {
     pub all: bool,
 }
 
-/// One queue's numbers, as the management API reports them.
+/// One queue's numbers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueStatus {
     /// Queue name.
@@ -29,35 +34,38 @@ pub struct QueueStatus {
     pub exists: bool,
     /// Ready plus unacknowledged messages.
     pub messages: u64,
-    /// Messages waiting for a consumer.
+    /// Messages waiting for a consumer (exact: from the broker).
     pub ready: u64,
-    /// Messages delivered and not yet acknowledged.
+    /// Messages delivered and not yet acknowledged (management statistics).
     pub unacked: u64,
-    /// Consumers attached.
+    /// Consumers attached (exact: from the broker).
     pub consumers: u64,
-    /// Messages published per second (recent average).
+    /// Messages published per second (recent average; management statistics).
     pub publish_rate: f64,
-    /// Messages delivered per second (recent average).
+    /// Messages delivered per second (recent average; management statistics).
     pub deliver_rate: f64,
 }
 
 impl QueueStatus {
-    /// Reads one entry of `GET /api/queues/<vhost>`.
-    pub fn from_api(v: &Value) -> Self {
-        let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        let stats = &v["message_stats"];
-        let rate = |k: &str| stats[k]["rate"].as_f64();
+    /// `exact` is the broker's own answer (`None`: no such queue); `stats`
+    /// the management API's entry for the queue, when it has one yet.
+    pub fn new(name: &str, exact: Option<QueueCounts>, stats: Option<&QueueInfo>) -> Self {
+        let Some(exact) = exact else {
+            return Self {
+                name: name.into(),
+                ..Default::default()
+            };
+        };
+        let unacked = stats.and_then(|s| s.messages_unacknowledged).unwrap_or(0);
         Self {
-            name: v["name"].as_str().unwrap_or_default().to_string(),
+            name: name.into(),
             exists: true,
-            messages: n("messages"),
-            ready: n("messages_ready"),
-            unacked: n("messages_unacknowledged"),
-            consumers: n("consumers"),
-            publish_rate: rate("publish_details").unwrap_or(0.0),
-            deliver_rate: rate("deliver_get_details")
-                .or_else(|| rate("deliver_details"))
-                .unwrap_or(0.0),
+            messages: u64::from(exact.ready) + unacked,
+            ready: exact.ready.into(),
+            unacked,
+            consumers: exact.consumers.into(),
+            publish_rate: stats.map_or(0.0, QueueInfo::publish_rate),
+            deliver_rate: stats.map_or(0.0, QueueInfo::deliver_rate),
         }
     }
 }
@@ -84,14 +92,24 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
     let mgmt = Management::new(&config.amqp.management_url)?;
     let vhost = vhost_of(&config.amqp.url);
     let topo = Topology::load(config)?;
-    let live: BTreeMap<String, QueueStatus> = mgmt
+    // Who is connected first, so this command's own connection is not among them.
+    let workers = worker_connections(&mgmt, &vhost).await?;
+    let stats: BTreeMap<String, QueueInfo> = mgmt
         .queues(&vhost)
         .await
         .with_context(|| format!("cannot list the queues of vhost {vhost:?}"))?
-        .iter()
-        .map(QueueStatus::from_api)
+        .into_iter()
         .map(|q| (q.name.clone(), q))
         .collect();
+    let conn = broker::connect(&config.amqp.url, &Identity::new("cli"), "status").await?;
+    let exact = broker::queue_counts(
+        &conn,
+        &topo.queues.iter().map(|q| &q.name).collect::<Vec<_>>(),
+    )
+    .await
+    .with_context(|| format!("cannot inspect the queues of vhost {vhost:?}"));
+    let _ = conn.close(200, "status done".into()).await;
+    let exact = exact?;
     let mut shown = 0;
     let mut hidden = 0;
     let mut missing = 0;
@@ -104,11 +122,8 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
         "publish/s",
         "deliver/s",
     ]);
-    for q in &topo.queues {
-        let status = live.get(&q.name).cloned().unwrap_or_else(|| QueueStatus {
-            name: q.name.clone(),
-            ..Default::default()
-        });
+    for (q, exact) in topo.queues.iter().zip(exact) {
+        let status = QueueStatus::new(&q.name, exact, stats.get(&q.name));
         if !status.exists {
             missing += 1;
         }
@@ -137,6 +152,7 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
     println!("Queues in vhost {vhost:?}:");
     if shown > 0 {
         println!("{queues}");
+        println!("(ready and consumers are the broker's own counts; unacked and rates are the management API's statistics, a few seconds behind)");
     }
     if hidden > 0 {
         println!("({hidden} empty queue(s) without consumers hidden; --all shows them)");
@@ -147,7 +163,6 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
         );
     }
 
-    let workers = worker_connections(&mgmt, &vhost).await?;
     println!("\nConnected workers: {}", workers.len());
     if !workers.is_empty() {
         let now = chrono::Utc::now();
@@ -185,39 +200,38 @@ pub async fn worker_connections(
     vhost: &str,
 ) -> anyhow::Result<Vec<WorkerConnection>> {
     let connections = mgmt
-        .list(&format!("vhosts/{}/connections", enc(vhost)))
+        .connections(vhost)
         .await
         .with_context(|| format!("cannot list the connections of vhost {vhost:?}"))?;
     let consumers = mgmt
-        .list(&format!("consumers/{}", enc(vhost)))
+        .consumers(vhost)
         .await
         .with_context(|| format!("cannot list the consumers of vhost {vhost:?}"))?;
-    let mut per_connection: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_connection: BTreeMap<&str, u64> = BTreeMap::new();
     for c in &consumers {
-        if let Some(conn) = c["channel_details"]["connection_name"].as_str() {
-            *per_connection.entry(conn.to_string()).or_default() += 1;
-        }
+        *per_connection
+            .entry(c.channel_details.connection_name.as_str())
+            .or_default() += 1;
     }
     let mut out: Vec<WorkerConnection> = connections
         .iter()
         .filter_map(|c| {
-            let name = c["client_properties"]["connection_name"].as_str()?;
+            let name = c.client_name()?;
             if !name.starts_with("fleet-") {
                 return None;
             }
             // The API keys consumers by the broker's connection name (peer -> host).
-            let broker_name = c["name"].as_str().unwrap_or_default();
             Some(WorkerConnection {
                 name: name.to_string(),
                 peer: format!(
                     "{}:{}",
-                    c["peer_host"].as_str().unwrap_or("?"),
-                    c["peer_port"].as_u64().unwrap_or(0)
+                    c.peer_host.as_deref().unwrap_or("?"),
+                    c.peer_port.unwrap_or(0)
                 ),
-                state: c["state"].as_str().unwrap_or("-").to_string(),
-                channels: c["channels"].as_u64().unwrap_or(0),
-                consumers: per_connection.get(broker_name).copied().unwrap_or(0),
-                connected_at: c["connected_at"].as_i64(),
+                state: c.state.clone().unwrap_or_else(|| "-".into()),
+                channels: c.channels.unwrap_or(0),
+                consumers: per_connection.get(c.name.as_str()).copied().unwrap_or(0),
+                connected_at: c.connected_at,
             })
         })
         .collect();
@@ -241,20 +255,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queue_numbers_and_rates_are_read_from_the_api_shape() {
-        let v = serde_json::json!({
-            "name": "invalidation.requests.fast", "messages": 7, "messages_ready": 5,
-            "messages_unacknowledged": 2, "consumers": 3,
+    fn depths_are_the_brokers_and_rates_the_statistics() {
+        let stats: QueueInfo = serde_json::from_value(serde_json::json!({
+            "name": "invalidation.requests.fast", "messages": 0, "messages_ready": 0,
+            "messages_unacknowledged": 2, "consumers": 0,
             "message_stats": {"publish_details": {"rate": 12.5}, "deliver_get_details": {"rate": 4.0}}
-        });
-        let q = QueueStatus::from_api(&v);
-        assert_eq!(q.messages, 7);
-        assert_eq!(q.ready, 5);
-        assert_eq!(q.unacked, 2);
-        assert_eq!(q.consumers, 3);
-        assert_eq!(q.publish_rate, 12.5);
-        assert_eq!(q.deliver_rate, 4.0);
-        let idle = QueueStatus::from_api(&serde_json::json!({"name": "q"}));
-        assert_eq!((idle.messages, idle.publish_rate), (0, 0.0));
+        }))
+        .unwrap();
+        let exact = QueueCounts {
+            ready: 5,
+            consumers: 3,
+        };
+        // The statistics still say 0 ready and no consumers: the broker's answer wins.
+        let q = QueueStatus::new("invalidation.requests.fast", Some(exact), Some(&stats));
+        assert_eq!((q.messages, q.ready, q.unacked, q.consumers), (7, 5, 2, 3));
+        assert_eq!((q.publish_rate, q.deliver_rate), (12.5, 4.0));
+        // A queue the statistics have not seen yet is still counted.
+        let fresh = QueueStatus::new("q", Some(exact), None);
+        assert!(fresh.exists);
+        assert_eq!((fresh.messages, fresh.publish_rate), (5, 0.0));
+        assert!(!QueueStatus::new("gone", None, Some(&stats)).exists);
     }
 }

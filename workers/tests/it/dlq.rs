@@ -8,9 +8,10 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use fleet_shared::broker::headers;
-use fleet_shared::lapin::options::BasicPublishOptions;
+use fleet_shared::lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
 use fleet_shared::lapin::types::{AMQPValue, FieldTable};
 use fleet_shared::lapin::BasicProperties;
+use fleet_shared::runtime::{self, Incoming};
 use fleet_shared::topology::names;
 use serde_json::Value;
 
@@ -582,22 +583,8 @@ async fn list_shows_depth_age_and_top_reasons_without_taking_anything() {
     env.publish(names::REQUESTS, "refund", br#"{"seq": 1}"#)
         .await;
     let queue = fast_dlq();
-    // The management API's counts lag behind by its statistics interval.
-    eventually(
-        Duration::from_secs(30),
-        "the management API to see the messages",
-        || async {
-            let qs = env.mgmt.queues(&env.vhost).await.ok()?;
-            let depth = |name: &str| {
-                qs.iter()
-                    .find(|q| q["name"] == name)
-                    .and_then(|q| q["messages"].as_u64())
-            };
-            (depth(&queue) == Some(5) && depth(names::UNROUTABLE) == Some(1)).then_some(())
-        },
-    )
-    .await;
-
+    // No waiting: `list` counts with the broker's own numbers, not the
+    // management API's statistics.
     let out = fleet(&env, &["dlq", "list"]).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
@@ -632,6 +619,49 @@ async fn list_shows_depth_age_and_top_reasons_without_taking_anything() {
         left.iter().map(seq).collect::<Vec<_>>(),
         vec![0, 1, 2, 3, 9]
     );
+}
+
+#[tokio::test]
+async fn list_counts_a_dead_letter_the_moment_it_lands() {
+    let env = TestEnv::new().await;
+    // A malformed request reaches the fast lane like any producer's ...
+    env.publish(names::REQUESTS, "price", b"{not json").await;
+    let ctx = fleet_workers::app::context(&std::sync::Arc::new(env.config.clone()), "dispatcher")
+        .await
+        .unwrap();
+    let (_conn, ch) = env.channel().await;
+    let got = ch
+        .basic_get(names::FAST_LANE.into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the request is in the fast lane");
+    // ... and fails permanently: the runtime's own dead-letter path, then the ack.
+    let msg = Incoming {
+        queue: names::FAST_LANE.into(),
+        delivery: got.delivery,
+    };
+    runtime::dead_letter(&ctx, &msg, "malformed_json", "expected value at line 1")
+        .await
+        .unwrap();
+    msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+
+    // At once: no waiting for the management API's statistics to catch up.
+    let out = fleet(&env, &["dlq", "list"]).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let queue = fast_dlq();
+    let row = stdout
+        .lines()
+        .find(|l| l.contains(&queue))
+        .unwrap_or_else(|| panic!("{queue} is not listed right after a dead letter:\n{stdout}"));
+    // Table cells are separated by `│` at the edges and `┆` inside.
+    let depth: u64 = row
+        .split(['│', '┆'])
+        .nth(2)
+        .and_then(|cell| cell.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no depth in {row:?}"));
+    assert!(depth >= 1, "{row}");
+    assert!(row.contains("malformed_json ×1"), "{row}");
 }
 
 #[tokio::test]

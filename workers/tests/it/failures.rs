@@ -252,32 +252,28 @@ async fn a_worker_reconnects_after_its_connections_are_closed() {
     );
 
     // An operator (or a broker restart) closes every connection of the worker.
-    let vhost = fleet_shared::topology::enc(&env.vhost);
     let conns = eventually(
         Duration::from_secs(10),
         "the worker's connections",
         || async {
-            let list = env
-                .mgmt
-                .list(&format!("vhosts/{vhost}/connections"))
-                .await
-                .ok()?;
+            let list = env.mgmt.connections(&env.vhost).await.ok()?;
             let names: Vec<String> = list
-                .iter()
+                .into_iter()
                 .filter(|c| {
-                    c["client_properties"]["connection_name"]
-                        .as_str()
+                    c.client_name()
                         .is_some_and(|n| n.starts_with("fleet-ingest@"))
                 })
-                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .map(|c| c.name)
                 .collect();
             (names.len() >= 2).then_some(names)
         },
     )
     .await;
     for name in conns {
-        let path = format!("connections/{}", fleet_shared::topology::enc(&name));
-        let _ = env.mgmt.delete(&path).await;
+        let _ = env
+            .mgmt
+            .close_connection(&name, "test: a broker restart")
+            .await;
     }
     // It comes back by itself, with its prefetch re-applied, and nothing is lost.
     for i in 2..=20 {
@@ -302,33 +298,28 @@ async fn a_worker_reconnects_after_its_connections_are_closed() {
         Duration::from_secs(10),
         "the consumer to be back",
         || async {
-            let q = env
-                .mgmt
-                .get(&format!("queues/{vhost}/source.product"))
-                .await
-                .ok()?;
-            (q["consumers"].as_u64() == Some(1)).then_some(q)
+            let q = env.mgmt.queue(&env.vhost, "source.product").await.ok()?;
+            (q.consumers == Some(1)).then_some(q)
         },
     )
     .await;
-    assert_eq!(consumers["consumers"], 1);
+    assert_eq!(consumers.consumers, Some(1));
     // The management API's consumer list lags by a stats interval.
     let prefetch = eventually(
         Duration::from_secs(15),
         "the consumer's details",
         || async {
-            let details = env.mgmt.get(&format!("consumers/{vhost}")).await.ok()?;
+            let details = env.mgmt.consumers(&env.vhost).await.ok()?;
             details
-                .as_array()?
-                .iter()
-                .find(|c| c["queue"]["name"] == "source.product")
-                .map(|c| c["prefetch_count"].clone())
+                .into_iter()
+                .find(|c| c.queue.name == "source.product")
+                .map(|c| c.prefetch_count)
         },
     )
     .await;
     assert_eq!(
         prefetch,
-        serde_json::json!(env.config.amqp.prefetch),
+        u64::from(env.config.amqp.prefetch),
         "prefetch re-applied after reconnect"
     );
     fleet.stop().await.unwrap();

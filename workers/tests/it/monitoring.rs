@@ -136,32 +136,14 @@ async fn an_ingest_process_counts_its_outcomes_and_reports_healthy() {
         Duration::from_secs(20),
         "the management API to list the ingest connection and consumers",
         || async {
-            let conns = env
-                .mgmt
-                .list(&format!(
-                    "vhosts/{}/connections",
-                    fleet_shared::topology::enc(&vhost)
-                ))
-                .await
-                .ok()?;
-            let consumers = env
-                .mgmt
-                .list(&format!(
-                    "consumers/{}",
-                    fleet_shared::topology::enc(&vhost)
-                ))
-                .await
-                .ok()?;
+            let conns = env.mgmt.connections(&vhost).await.ok()?;
+            let consumers = env.mgmt.consumers(&vhost).await.ok()?;
             let names: Vec<String> = conns
                 .iter()
-                .filter_map(|c| c["client_properties"]["connection_name"].as_str())
+                .filter_map(|c| c.client_name())
                 .map(str::to_string)
                 .collect();
-            let tags: Vec<String> = consumers
-                .iter()
-                .filter_map(|c| c["consumer_tag"].as_str())
-                .map(str::to_string)
-                .collect();
+            let tags: Vec<String> = consumers.into_iter().map(|c| c.consumer_tag).collect();
             (names.iter().any(|n| n.starts_with("fleet-ingest@")) && !tags.is_empty())
                 .then_some((names, tags))
         },

@@ -4,6 +4,7 @@ use std::process::Command;
 
 use fleet_shared::lapin::options::QueueDeclareOptions;
 use fleet_shared::lapin::types::{AMQPValue, FieldTable};
+use fleet_shared::mgmt::{Management, QueueInfo};
 use fleet_shared::topology::{self, names, Topology};
 use serde_json::Value;
 
@@ -101,17 +102,14 @@ async fn export_imports_into_a_fresh_vhost_with_the_same_objects() {
     );
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     // The broker's own import (the same endpoint the management UI uses).
-    target.mgmt.post("definitions", &doc).await.unwrap();
+    target.mgmt.import_definitions(&doc).await.unwrap();
 
     let plan = topology::plan(&target.mgmt, &target.vhost, &topo)
         .await
         .unwrap();
     assert!(plan.is_empty(), "imported vhost differs: {plan:?}");
-    let names = |list: Vec<Value>| {
-        let mut v: Vec<String> = list
-            .iter()
-            .map(|q| q["name"].as_str().unwrap().to_string())
-            .collect();
+    let names = |list: Vec<QueueInfo>| {
+        let mut v: Vec<String> = list.into_iter().map(|q| q.name).collect();
         v.sort();
         v
     };
@@ -119,23 +117,17 @@ async fn export_imports_into_a_fresh_vhost_with_the_same_objects() {
         names(source.mgmt.queues(&source.vhost).await.unwrap()),
         names(target.mgmt.queues(&target.vhost).await.unwrap())
     );
-    let bindings = |m: &fleet_shared::mgmt::Management, vh: &str| {
+    let bindings = |m: &Management, vh: &str| {
         let m = m.clone();
         let vh = vh.to_string();
         async move {
             let mut v: Vec<(String, String, String)> = m
-                .list(&format!("bindings/{}", fleet_shared::topology::enc(&vh)))
+                .bindings(&vh)
                 .await
                 .unwrap()
-                .iter()
-                .filter(|b| b["source"] != "")
-                .map(|b| {
-                    (
-                        b["source"].to_string(),
-                        b["destination"].to_string(),
-                        b["routing_key"].to_string(),
-                    )
-                })
+                .into_iter()
+                .filter(|b| !b.source.is_empty())
+                .map(|b| (b.source, b.destination, b.routing_key))
                 .collect();
             v.sort();
             v
@@ -150,18 +142,10 @@ async fn export_imports_into_a_fresh_vhost_with_the_same_objects() {
 #[tokio::test]
 async fn quorum_queues_are_declared_with_explicit_limits() {
     let env = TestEnv::with(|c| c.topology.queue_type = Some("quorum".into())).await;
-    let q = env
-        .mgmt
-        .get(&format!(
-            "queues/{}/{}",
-            fleet_shared::topology::enc(&env.vhost),
-            names::FAST_LANE
-        ))
-        .await
-        .unwrap();
-    assert_eq!(q["type"], "quorum");
-    assert_eq!(q["arguments"]["x-delivery-limit"], 50);
-    assert_eq!(q["arguments"]["x-dead-letter-exchange"], names::DLX);
+    let q = env.mgmt.queue(&env.vhost, names::FAST_LANE).await.unwrap();
+    assert_eq!(q.kind, "quorum");
+    assert_eq!(q.delivery_limit(), Some(50));
+    assert_eq!(q.arguments["x-dead-letter-exchange"], names::DLX);
     let topo = Topology::load(&env.config).unwrap();
     assert!(topology::plan(&env.mgmt, &env.vhost, &topo)
         .await

@@ -1,0 +1,140 @@
+//! `fleet dlq list`: every operator queue (dead-letter queues, parking,
+//! unroutable) with its depth, the age of its oldest message and its top
+//! error reasons.
+//!
+//! Depths are the broker's own (passive declares), so a message that was
+//! dead-lettered a moment ago is already counted: an operator's first look
+//! after a failure must be exact. The management API's statistics lag by
+//! their collection interval and are not used for counting.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use fleet_shared::broker::{self, headers};
+use fleet_shared::config::Config;
+use fleet_shared::mgmt::{vhost_of, Management};
+use fleet_shared::topology::Topology;
+
+use super::common::{age_text, connect, quorum_limit, quorum_note};
+use super::peek::{message_time, sample, Peeked};
+
+/// Messages `list` samples per queue for its top error reasons.
+const SAMPLE: usize = 100;
+
+pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::Result<ExitCode> {
+    let vhost = vhost_of(&config.amqp.url);
+    let conn = connect(config).await?;
+    let operator = topo.operator_queues();
+    let names: Vec<&str> = operator.iter().map(|q| q.name.as_str()).collect();
+    let counts = broker::queue_counts(&conn, &names)
+        .await
+        .with_context(|| format!("cannot inspect the queues of vhost {vhost:?}"))?;
+    // Only for the quorum notes (a queue's type is not a statistic); optional.
+    let mgmt = Management::new(&config.amqp.management_url).ok();
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "queue",
+        "messages",
+        "oldest",
+        "top reasons",
+    ]);
+    let mut shown = 0;
+    let mut total = 0u64;
+    for (name, counts) in names.iter().zip(counts) {
+        let Some(counts) = counts else {
+            table.add_row(vec![
+                Cell::new(name),
+                Cell::new("-").set_alignment(CellAlignment::Right),
+                Cell::new(""),
+                Cell::new("not declared on the broker (`fleet topology apply`)"),
+            ]);
+            shown += 1;
+            continue;
+        };
+        let depth = u64::from(counts.ready);
+        total += depth;
+        if depth == 0 && !all {
+            continue;
+        }
+        let (oldest, reasons) = if depth > 0 {
+            let sampled = sample(&conn, name, SAMPLE).await?;
+            let oldest = sampled
+                .iter()
+                .filter_map(message_time)
+                .min()
+                .map(age_text)
+                .unwrap_or_else(|| "unknown".into());
+            (oldest, top_reasons(&sampled, depth))
+        } else {
+            (String::new(), String::new())
+        };
+        if depth > 0 {
+            if let Some(limit) = quorum_limit(mgmt.as_ref(), &vhost, name).await {
+                quorum_note(name, limit);
+            }
+        }
+        table.add_row(vec![
+            Cell::new(name),
+            Cell::new(depth).set_alignment(CellAlignment::Right),
+            Cell::new(oldest),
+            Cell::new(reasons),
+        ]);
+        shown += 1;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    if shown == 0 {
+        println!(
+            "No messages in any of the {} operator queues of vhost {vhost:?} (`--all` lists them).",
+            operator.len()
+        );
+    } else {
+        println!("{table}");
+        println!(
+            "{total} message(s) in {} operator queues of vhost {vhost:?}.",
+            operator.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// "class ×n, …" for the three commonest reasons of the sampled messages.
+fn top_reasons(sampled: &[Peeked], depth: u64) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for p in sampled {
+        *counts.entry(reason_of(p)).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut text: Vec<String> = counts
+        .iter()
+        .take(3)
+        .map(|(r, n)| format!("{r} ×{n}"))
+        .collect();
+    if counts.len() > 3 {
+        text.push(format!("+{} more", counts.len() - 3));
+    }
+    if (sampled.len() as u64) < depth {
+        text.push(format!("(first {} sampled)", sampled.len()));
+    }
+    text.join(", ")
+}
+
+/// Why a message is here, for counting: error class, park reason, or for
+/// header-less messages (the unroutable catch-all) the routing key.
+fn reason_of(p: &Peeked) -> String {
+    if let Some(c) = p.header(headers::ERROR_CLASS) {
+        if p.header(headers::PARK_REASON).is_none() {
+            return c;
+        }
+    }
+    if let Some(r) = p.header(headers::PARK_REASON) {
+        // "retry_window_exceeded: details…": count by the kind, not the details.
+        return format!(
+            "parked: {}",
+            r.split(':').next().unwrap_or(r.as_str()).trim()
+        );
+    }
+    format!("routing key {:?}", p.routing_key)
+}

@@ -1,0 +1,196 @@
+//! `fleet dlq peek <queue>`: messages with their error headers, left in the
+//! queue in the same order. `sample` is also how `list` reads reasons and ages.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use fleet_shared::broker::{header_i64, header_text, headers, headers_map};
+use fleet_shared::config::Config;
+use fleet_shared::lapin::options::{BasicGetOptions, BasicNackOptions};
+use fleet_shared::lapin::types::FieldTable;
+use fleet_shared::lapin::{BasicProperties, Channel, Connection};
+use fleet_shared::mgmt::{vhost_of, Management};
+use fleet_shared::topology::Topology;
+use serde_json::{json, Value};
+
+use super::common::{age_text, connect, queue_info, quorum_limit, quorum_note, readable_body};
+
+pub(super) async fn run(
+    config: &Config,
+    topo: &Topology,
+    queue: &str,
+    limit: usize,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let conn = connect(config).await?;
+    let info = queue_info(&conn, config, topo, queue).await?;
+    let mgmt = Management::new(&config.amqp.management_url).ok();
+    let quorum = quorum_limit(mgmt.as_ref(), &vhost_of(&config.amqp.url), queue).await;
+    if let Some(limit) = quorum {
+        quorum_note(queue, limit);
+    }
+    if info.consumers > 0 {
+        eprintln!(
+            "note: {queue} has {} consumer(s); they may take messages while you look.",
+            info.consumers
+        );
+    }
+    let messages = sample(&conn, queue, limit).await?;
+    let _ = conn.close(200, "done".into()).await;
+    if let Some(limit) = quorum {
+        delivery_count_warning(queue, limit, &messages);
+    }
+    if as_json {
+        let docs: Vec<Value> = messages.iter().map(peeked_json).collect();
+        println!("{}", serde_json::to_string_pretty(&docs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if messages.is_empty() {
+        println!("{queue} is empty.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &messages {
+        println!("── #{} of {} in {queue}", p.position, info.messages);
+        println!(
+            "   published to {:?} with routing key {:?}",
+            p.exchange, p.routing_key
+        );
+        if let Some(t) = message_time(p) {
+            println!("   failed {} ago ({})", age_text(t), t.to_rfc3339());
+        }
+        for (k, v) in headers_map(p.headers()) {
+            println!("   {k}: {v}");
+        }
+        println!("   body ({} bytes):", p.body.len());
+        for line in readable_body(&p.body).lines() {
+            println!("     {line}");
+        }
+    }
+    println!(
+        "{} of {} message(s) shown; nothing was removed.",
+        messages.len(),
+        info.messages
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A message looked at without taking it.
+pub(super) struct Peeked {
+    /// 1-based position from the head of the queue.
+    pub position: usize,
+    pub exchange: String,
+    pub routing_key: String,
+    pub redelivered: bool,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl Peeked {
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.properties.headers().as_ref()
+    }
+
+    pub fn header(&self, key: &str) -> Option<String> {
+        header_text(self.headers(), key)
+    }
+}
+
+/// Up to `limit` messages from the head of `queue`, returned to the queue in
+/// their original positions before this returns (one nack with
+/// multiple=true, then the channel closes; if either fails the broker
+/// returns them when the channel or connection goes away).
+pub(super) async fn sample(
+    conn: &Connection,
+    queue: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<Peeked>> {
+    let ch = conn.create_channel().await.context("open a channel")?;
+    let mut out = Vec::new();
+    let mut last_tag = None;
+    let fetched: anyhow::Result<()> = async {
+        while out.len() < limit {
+            let got = ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await
+                .with_context(|| format!("cannot read from {queue}"))?;
+            let Some(m) = got else { break };
+            let d = m.delivery;
+            last_tag = Some(d.delivery_tag);
+            out.push(Peeked {
+                position: out.len() + 1,
+                exchange: d.exchange.to_string(),
+                routing_key: d.routing_key.to_string(),
+                redelivered: d.redelivered,
+                properties: d.properties,
+                body: d.data,
+            });
+        }
+        Ok(())
+    }
+    .await;
+    let returned = return_all(&ch, last_tag).await;
+    let _ = ch.close(200, "peek done".into()).await;
+    fetched?;
+    returned.with_context(|| format!("cannot return peeked messages to {queue}"))?;
+    Ok(out)
+}
+
+/// Returns every unacked message of the channel up to `last_tag`, in one nack.
+pub(super) async fn return_all(
+    ch: &Channel,
+    last_tag: Option<u64>,
+) -> Result<(), fleet_shared::lapin::Error> {
+    if let Some(tag) = last_tag {
+        ch.basic_nack(
+            tag,
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// When the message failed (x-error-time), else when it was published (timestamp property).
+pub(super) fn message_time(p: &Peeked) -> Option<DateTime<Utc>> {
+    if let Some(t) = p.header(headers::ERROR_TIME) {
+        if let Ok(t) = DateTime::parse_from_rfc3339(&t) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    p.properties
+        .timestamp()
+        .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0))
+}
+
+/// Warns when peeking again could push a quorum queue's message past its delivery limit.
+fn delivery_count_warning(queue: &str, limit: Option<u64>, sampled: &[Peeked]) {
+    let Some(limit) = limit else { return };
+    let worst = sampled
+        .iter()
+        .filter_map(|p| header_i64(p.headers(), "x-delivery-count"))
+        .max()
+        .unwrap_or(0);
+    if worst as u64 + 5 >= limit {
+        eprintln!(
+            "warning: a message of {queue} has been delivered {worst} times (limit {limit}): \
+             replay or move it (`fleet dlq replay {queue} --to …`) before peeking it again."
+        );
+    }
+}
+
+fn peeked_json(p: &Peeked) -> Value {
+    let parsed = serde_json::from_slice::<Value>(&p.body).ok();
+    json!({
+        "position": p.position,
+        "exchange": p.exchange,
+        "routingKey": p.routing_key,
+        "redelivered": p.redelivered,
+        "headers": headers_map(p.headers()),
+        "bodyIsJson": parsed.is_some(),
+        "body": parsed.unwrap_or_else(|| Value::String(readable_body(&p.body))),
+    })
+}

@@ -1,0 +1,798 @@
+//! `fleet dlq replay <queue>`: moves messages back to where they came from
+//! (or `--to` elsewhere), each confirmed by the broker before it leaves the
+//! queue.
+//!
+//! Two halves. [`Replayer`] moves messages, one at a time, and says what
+//! happened to each ([`Outcome`]); it prints nothing. [`run`] shows the
+//! outcomes (progress bar, per-message lines, summary) and records the run in
+//! PostgreSQL; it moves nothing.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use chrono::Utc;
+use clap::Args;
+use fleet_shared::broker::{
+    header_i64, header_text, headers, with_headers, HeaderValue, Identity, Outgoing, Publisher,
+};
+use fleet_shared::config::Config;
+use fleet_shared::db::{self, Replay};
+use fleet_shared::lapin::options::{BasicAckOptions, BasicGetOptions};
+use fleet_shared::lapin::types::{AMQPValue, FieldTable, ShortString};
+use fleet_shared::lapin::Channel;
+use fleet_shared::topology::{names, Topology};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::common::{body_preview, connect, queue_info};
+use super::peek::return_all;
+
+/// Publish failures in a row after which `replay` stops (the target or the broker is broken).
+const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+
+/// `fleet dlq replay` options.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The queue to replay, e.g. invalidation.requests.fast.dlq.
+    pub queue: String,
+    /// Send to EXCHANGE (with ROUTING_KEY, else each message's original
+    /// routing key) instead of each message's origin. `--to :QUEUE` uses
+    /// the default exchange: straight into QUEUE.
+    #[arg(long, value_name = "EXCHANGE[:ROUTING_KEY]")]
+    pub to: Option<String>,
+    /// Only messages matching KEY=VALUE (repeatable; all must match):
+    /// `type=PRICE` (the body's invalidationType), `class=malformed_json`
+    /// (x-error-class), `reason=TEXT` (in x-error-message or x-park-reason),
+    /// or any header name, e.g. `x-original-routing-key=price`.
+    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
+    /// Move at most this many messages.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Show exactly what would move; change nothing (the run is still recorded).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Drop the retry counters (x-retry-attempts, x-first-failure-time) so the
+    /// message gets a fresh set of attempts; the body is never changed.
+    #[arg(long)]
+    pub reset_retries: bool,
+}
+
+// ------------------------------------------------------------------ display
+
+/// Runs a replay: checks everything up front, drives the [`Replayer`],
+/// shows each outcome, records the run, prints the summary.
+pub(super) async fn run(
+    config: &Config,
+    topo: &Topology,
+    args: ReplayArgs,
+) -> anyhow::Result<ExitCode> {
+    let started_at = Utc::now();
+    let rules = Rules::parse(&args)?;
+    let queue = args.queue.as_str();
+    // Everything that can fail up front fails before a message moves.
+    let pool = db::connect(&config.database.url, 2).await?;
+    let identity = Identity::new("cli");
+    let conn = connect(config).await?;
+    let info = queue_info(&conn, config, topo, queue).await?;
+    if info.consumers > 0 {
+        eprintln!(
+            "note: {queue} has {} consumer(s); they may take messages during the replay.",
+            info.consumers
+        );
+    }
+    let publisher = if args.dry_run {
+        None
+    } else {
+        Some(Publisher::connect(&config.amqp.url, &identity, config.amqp.confirm_timeout).await?)
+    };
+    let ch = conn.create_channel().await.context("open a channel")?;
+    let stop = CancellationToken::new();
+    crate::app::cancel_on_signals(stop.clone());
+
+    // Only the messages present at the start: kept ones are not re-read, and
+    // messages arriving meanwhile wait for the next replay.
+    let depth = u64::from(info.messages);
+    let target = rules.target.describe();
+    let mut replayer = Replayer::new(ch, queue, rules, publisher, depth, stop.clone());
+    let view = View::new(depth, args.dry_run);
+    let mut tally = Tally::default();
+    let stopped = loop {
+        match replayer.next().await {
+            Ok(Some(outcome)) => {
+                tally.add(&outcome);
+                view.show(&outcome, &tally);
+            }
+            Ok(None) => break None,
+            Err(stopped) => break Some(stopped),
+        }
+    };
+    view.finish();
+    // Everything not moved goes back to its original position, all at once.
+    let returned = replayer.finish().await;
+    let _ = conn.close(200, "replay done".into()).await;
+    if let Err(e) = returned {
+        // Not fatal for the messages: the broker returns unacked ones when the channel closes.
+        eprintln!("warning: could not return the kept messages explicitly ({e}); the broker returns them as the channel closes.");
+    }
+
+    let kept = depth.saturating_sub(tally.moved);
+    let record = Replay {
+        queue: queue.to_string(),
+        target,
+        filter: (!args.filters.is_empty()).then(|| args.filters.join(" ")),
+        operator: operator(),
+        host: identity.host.clone(),
+        dry_run: args.dry_run,
+        moved: i32::try_from(tally.moved).unwrap_or(i32::MAX),
+        kept: i32::try_from(kept).unwrap_or(i32::MAX),
+        started_at,
+    };
+    let id = db::record_replay(&pool, &record)
+        .await
+        .context("the replay ran but could not be recorded in PostgreSQL")?;
+
+    println!("{}", tally.summary(queue, depth, args.dry_run, id));
+    for (e, n) in &tally.errors {
+        println!("  {n} × {e}");
+    }
+    if let Some(e) = stopped {
+        eprintln!("error: replay stopped early: {e}. Nothing was lost: what did not move is still in {queue}.");
+        return Ok(ExitCode::from(if stop.is_cancelled() { 130 } else { 1 }));
+    }
+    if tally.failed > 0 {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How outcomes are shown: a progress bar on a terminal (with only the
+/// lines that need attention above it), else one line per message.
+struct View {
+    bar: Option<ProgressBar>,
+    dry_run: bool,
+}
+
+impl View {
+    fn new(depth: u64, dry_run: bool) -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let pb = ProgressBar::new(depth);
+            if let Ok(style) =
+                ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} examined {msg}")
+            {
+                pb.set_style(style);
+            }
+            pb
+        });
+        Self { bar, dry_run }
+    }
+
+    fn show(&self, outcome: &Outcome, tally: &Tally) {
+        if let Some(line) = line(outcome, self.dry_run, self.bar.is_some()) {
+            match &self.bar {
+                Some(pb) => pb.println(line),
+                None => println!("{line}"),
+            }
+        }
+        if let Some(pb) = &self.bar {
+            pb.inc(1);
+            pb.set_message(format!("{} {}", verb(self.dry_run), tally.moved));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(pb) = &self.bar {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+fn verb(dry_run: bool) -> &'static str {
+    if dry_run {
+        "would move"
+    } else {
+        "moved"
+    }
+}
+
+/// The line shown for one outcome, if any. Under a progress bar a real move
+/// is only counted (the bar says it); what would move, and what was kept for
+/// a reason the operator can act on, is always shown.
+fn line(outcome: &Outcome, dry_run: bool, under_bar: bool) -> Option<String> {
+    match outcome {
+        Outcome::Moved {
+            position,
+            exchange,
+            routing_key,
+            class,
+            preview,
+        } => (dry_run || !under_bar).then(|| {
+            format!(
+                "{} #{position} → {exchange:?} / {routing_key:?} [{class}] {preview}",
+                verb(dry_run)
+            )
+        }),
+        Outcome::NotMatching { .. } => None,
+        Outcome::NoOrigin { position, preview } => Some(format!(
+            "kept #{position}: no {} header; use --to EXCHANGE[:ROUTING_KEY] [{preview}]",
+            headers::ORIGINAL_EXCHANGE
+        )),
+        Outcome::Failed { position, error } => Some(format!("kept #{position}: {error}")),
+    }
+}
+
+/// What happened to the messages of one replay.
+#[derive(Debug, Default)]
+struct Tally {
+    examined: u64,
+    moved: u64,
+    not_matching: u64,
+    no_origin: u64,
+    failed: u64,
+    /// Publish errors by text, for the summary.
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: &Outcome) {
+        self.examined += 1;
+        match outcome {
+            Outcome::Moved { .. } => self.moved += 1,
+            Outcome::NotMatching { .. } => self.not_matching += 1,
+            Outcome::NoOrigin { .. } => self.no_origin += 1,
+            Outcome::Failed { error, .. } => {
+                self.failed += 1;
+                *self.errors.entry(error.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    /// The one-line summary; `depth` is what the queue held at the start.
+    fn summary(&self, queue: &str, depth: u64, dry_run: bool, record_id: i64) -> String {
+        let kept = depth.saturating_sub(self.moved);
+        let unexamined = depth.saturating_sub(self.examined);
+        let (keep_verb, dry) = if dry_run {
+            ("would keep", " (dry run: nothing changed)")
+        } else {
+            ("kept", "")
+        };
+        format!(
+            "{queue}: {} {}, {keep_verb} {kept} ({} not matching the filter, {} without origin, {} failed, \
+             {unexamined} not examined){dry}; replay record #{record_id}.",
+            verb(dry_run),
+            self.moved,
+            self.not_matching,
+            self.no_origin,
+            self.failed
+        )
+    }
+}
+
+/// Who runs the replay, for the record: `FLEET_OPERATOR` (set it in shared
+/// admin shells), else the login name, else the numeric uid.
+fn operator() -> String {
+    ["FLEET_OPERATOR", "USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            format!("uid {}", unsafe { libc::getuid() })
+        })
+}
+
+// ------------------------------------------------------------------ moving
+
+/// What happened to one examined message.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Outcome {
+    /// Published to its destination and confirmed, then acked (in a dry
+    /// run: would have been).
+    Moved {
+        /// 1-based position among the messages examined.
+        position: u64,
+        exchange: String,
+        routing_key: String,
+        /// x-error-class, empty when absent.
+        class: String,
+        preview: String,
+    },
+    /// Kept: does not match the filters.
+    NotMatching { position: u64 },
+    /// Kept: no origin header and no `--to`.
+    NoOrigin { position: u64, preview: String },
+    /// Kept: the publish failed.
+    Failed { position: u64, error: String },
+}
+
+/// Why a replay ended before it examined everything. Nothing is lost
+/// either way: what did not move is still in the queue.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Stopped {
+    #[error("interrupted")]
+    Interrupted,
+    #[error("cannot read from {queue}: {source}")]
+    Read {
+        queue: String,
+        source: fleet_shared::lapin::Error,
+    },
+    #[error(
+        "message #{position} was delivered to {exchange:?} but could not be acked; it stays in \
+         {queue} too (a duplicate): {source}"
+    )]
+    Ack {
+        position: u64,
+        exchange: String,
+        queue: String,
+        source: fleet_shared::lapin::Error,
+    },
+    #[error("{count} publishes in a row failed; stopped (last: {last})")]
+    Failing { count: u32, last: String },
+}
+
+/// What to move and where: the parsed options.
+pub(super) struct Rules {
+    filters: Vec<Filter>,
+    target: Target,
+    /// Move at most this many.
+    limit: u64,
+    reset_retries: bool,
+}
+
+impl Rules {
+    fn parse(args: &ReplayArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            filters: args
+                .filters
+                .iter()
+                .map(|f| Filter::parse(f))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            target: Target::parse(args.to.as_deref()),
+            limit: args.limit.unwrap_or(u64::MAX),
+            reset_retries: args.reset_retries,
+        })
+    }
+}
+
+/// Moves the messages of one queue, one at a time, in order: each is
+/// published with a confirm and only then acked; every message it does not
+/// move stays unacked on its channel until [`finish`](Self::finish)
+/// returns them all at once, at their original positions.
+pub(super) struct Replayer {
+    ch: Channel,
+    queue: String,
+    rules: Rules,
+    /// `None` in a dry run: nothing is published or acked.
+    publisher: Option<Publisher>,
+    /// Messages in the queue at the start: only that many are examined.
+    depth: u64,
+    stop: CancellationToken,
+    examined: u64,
+    moved: u64,
+    consecutive_failures: u32,
+    /// The newest delivery kept unacked; one nack up to it returns them all.
+    last_held: Option<u64>,
+    /// Why the run ends, once the outcome that ended it has been yielded.
+    stopping: Option<Stopped>,
+    /// Nothing more to examine.
+    done: bool,
+}
+
+impl Replayer {
+    pub(super) fn new(
+        ch: Channel,
+        queue: &str,
+        rules: Rules,
+        publisher: Option<Publisher>,
+        depth: u64,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            ch,
+            queue: queue.to_string(),
+            rules,
+            publisher,
+            depth,
+            stop,
+            examined: 0,
+            moved: 0,
+            consecutive_failures: 0,
+            last_held: None,
+            stopping: None,
+            done: false,
+        }
+    }
+
+    /// Examines the next message: `Ok(None)` when the replay is complete
+    /// (every message present at the start examined, `--limit` reached or
+    /// the queue empty), `Err` when it must stop early.
+    pub(super) async fn next(&mut self) -> Result<Option<Outcome>, Stopped> {
+        if let Some(stopped) = self.stopping.take() {
+            self.done = true;
+            return Err(stopped);
+        }
+        if self.done || self.examined >= self.depth || self.moved >= self.rules.limit {
+            self.done = true;
+            return Ok(None);
+        }
+        if self.stop.is_cancelled() {
+            self.done = true;
+            return Err(Stopped::Interrupted);
+        }
+        let got = self
+            .ch
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await;
+        let d = match got {
+            Ok(Some(m)) => m.delivery,
+            Ok(None) => {
+                self.done = true;
+                return Ok(None);
+            }
+            Err(source) => {
+                self.done = true;
+                return Err(Stopped::Read {
+                    queue: self.queue.clone(),
+                    source,
+                });
+            }
+        };
+        self.examined += 1;
+        let position = self.examined;
+        let tag = d.delivery_tag;
+        let hdrs = d.properties.headers().as_ref();
+        if !self.rules.filters.iter().all(|f| f.matches(hdrs, &d.data)) {
+            self.last_held = Some(tag);
+            return Ok(Some(Outcome::NotMatching { position }));
+        }
+        let Some((exchange, routing_key)) = self.rules.target.destination(
+            &self.queue,
+            hdrs,
+            (d.exchange.as_str(), d.routing_key.as_str()),
+        ) else {
+            self.last_held = Some(tag);
+            return Ok(Some(Outcome::NoOrigin {
+                position,
+                preview: body_preview(&d.data),
+            }));
+        };
+        let moved = |exchange: String, routing_key: String| Outcome::Moved {
+            position,
+            exchange,
+            routing_key,
+            class: header_text(hdrs, headers::ERROR_CLASS).unwrap_or_default(),
+            preview: body_preview(&d.data),
+        };
+        let Some(publisher) = &self.publisher else {
+            // Dry run: counted as it would go, and kept.
+            self.moved += 1;
+            self.last_held = Some(tag);
+            return Ok(Some(moved(exchange, routing_key)));
+        };
+        let published = publisher
+            .publish(Outgoing {
+                exchange: &exchange,
+                routing_key: &routing_key,
+                body: &d.data,
+                properties: d
+                    .properties
+                    .clone()
+                    .with_headers(replay_headers(hdrs, self.rules.reset_retries)),
+                mandatory: true,
+            })
+            .await;
+        match published {
+            Ok(()) => {
+                self.moved += 1;
+                // Confirmed: only now may it leave the queue.
+                match self.ch.basic_ack(tag, BasicAckOptions::default()).await {
+                    Ok(()) => self.consecutive_failures = 0,
+                    Err(source) => {
+                        self.stopping = Some(Stopped::Ack {
+                            position,
+                            exchange: exchange.clone(),
+                            queue: self.queue.clone(),
+                            source,
+                        });
+                    }
+                }
+                Ok(Some(moved(exchange, routing_key)))
+            }
+            Err(e) => {
+                self.consecutive_failures += 1;
+                self.last_held = Some(tag);
+                if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
+                    self.stopping = Some(Stopped::Failing {
+                        count: self.consecutive_failures,
+                        last: e.to_string(),
+                    });
+                }
+                Ok(Some(Outcome::Failed {
+                    position,
+                    error: e.to_string(),
+                }))
+            }
+        }
+    }
+
+    /// Returns every message not moved to its original position (one nack)
+    /// and closes the channel.
+    pub(super) async fn finish(self) -> Result<(), fleet_shared::lapin::Error> {
+        let returned = return_all(&self.ch, self.last_held).await;
+        let _ = self.ch.close(200, "replay done".into()).await;
+        returned
+    }
+}
+
+/// One `--filter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Filter {
+    /// The body's invalidationType (case-insensitive).
+    Type(String),
+    /// x-error-class, exactly.
+    Class(String),
+    /// Case-insensitive substring of x-error-message or x-park-reason.
+    Reason(String),
+    /// A header's value, exactly.
+    Header(String, String),
+}
+
+impl Filter {
+    fn parse(s: &str) -> anyhow::Result<Filter> {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("bad --filter {s:?}: expected KEY=VALUE, e.g. type=PRICE, class=malformed_json, reason=timeout or x-original-routing-key=price");
+        };
+        let (k, v) = (k.trim(), v.to_string());
+        if k.is_empty() {
+            bail!("bad --filter {s:?}: the key is empty");
+        }
+        Ok(match k {
+            "type" => Filter::Type(v),
+            "class" => Filter::Class(v),
+            "reason" => Filter::Reason(v.to_lowercase()),
+            _ => Filter::Header(k.to_string(), v),
+        })
+    }
+
+    fn matches(&self, headers: Option<&FieldTable>, body: &[u8]) -> bool {
+        match self {
+            Filter::Type(t) => serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v["invalidationType"].as_str().map(str::to_string))
+                .is_some_and(|x| x.eq_ignore_ascii_case(t)),
+            Filter::Class(c) => header_text(headers, headers::ERROR_CLASS).as_deref() == Some(c),
+            Filter::Reason(r) => [headers::ERROR_MESSAGE, headers::PARK_REASON]
+                .iter()
+                .filter_map(|h| header_text(headers, h))
+                .any(|text| text.to_lowercase().contains(r.as_str())),
+            Filter::Header(k, v) => header_text(headers, k).as_deref() == Some(v),
+        }
+    }
+}
+
+/// Where messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// Each message's x-original-exchange / x-original-routing-key.
+    Origin,
+    /// `--to EXCHANGE[:ROUTING_KEY]`.
+    To {
+        exchange: String,
+        routing_key: Option<String>,
+    },
+}
+
+impl Target {
+    fn parse(to: Option<&str>) -> Target {
+        match to {
+            None => Target::Origin,
+            Some(s) => match s.split_once(':') {
+                Some((e, k)) => Target::To {
+                    exchange: e.into(),
+                    routing_key: Some(k.into()),
+                },
+                None => Target::To {
+                    exchange: s.into(),
+                    routing_key: None,
+                },
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Origin => "origin".into(),
+            Target::To {
+                exchange,
+                routing_key: Some(k),
+            } => format!("{exchange}:{k}"),
+            Target::To {
+                exchange,
+                routing_key: None,
+            } => exchange.clone(),
+        }
+    }
+
+    /// The exchange and routing key of one message; `None` when it has no origin.
+    fn destination(
+        &self,
+        queue: &str,
+        headers: Option<&FieldTable>,
+        delivered: (&str, &str),
+    ) -> Option<(String, String)> {
+        let original_key = header_text(headers, headers::ORIGINAL_ROUTING_KEY);
+        match self {
+            Target::To {
+                exchange,
+                routing_key,
+            } => Some((
+                exchange.clone(),
+                routing_key
+                    .clone()
+                    .or(original_key)
+                    .unwrap_or_else(|| delivered.1.to_string()),
+            )),
+            Target::Origin => match header_text(headers, headers::ORIGINAL_EXCHANGE) {
+                Some(e) => Some((e, original_key.unwrap_or_default())),
+                // The unroutable catch-all receives requests through the
+                // alternate exchange unchanged: their origin is where they
+                // were published (useful once the missing binding is added).
+                None if queue == names::UNROUTABLE && !delivered.0.is_empty() => {
+                    Some((delivered.0.to_string(), delivered.1.to_string()))
+                }
+                None => None,
+            },
+        }
+    }
+}
+
+/// The headers of a replayed message: counters kept or reset, replay stamped.
+fn replay_headers(original: Option<&FieldTable>, reset_retries: bool) -> FieldTable {
+    let count = header_i64(original, headers::REPLAY_COUNT).unwrap_or(0) + 1;
+    let mut base: BTreeMap<ShortString, AMQPValue> =
+        original.map(|t| t.inner().clone()).unwrap_or_default();
+    if reset_retries {
+        base.remove(headers::ATTEMPTS);
+        base.remove(headers::FIRST_FAILURE);
+    }
+    with_headers(
+        Some(&FieldTable::from(base)),
+        &[
+            (headers::REPLAYED_AT, Utc::now().to_rfc3339().into()),
+            (headers::REPLAY_COUNT, HeaderValue::Int(count)),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_match() {
+        let mut h = FieldTable::default();
+        h.insert(
+            headers::ERROR_CLASS.into(),
+            AMQPValue::LongString("malformed_json".into()),
+        );
+        h.insert(
+            headers::ERROR_MESSAGE.into(),
+            AMQPValue::LongString("EOF while parsing".into()),
+        );
+        let body = br#"{"invalidationType":"PRICE"}"#;
+        let m = |f: &str| Filter::parse(f).unwrap().matches(Some(&h), body);
+        assert!(m("type=price"));
+        assert!(!m("type=STOCK"));
+        assert!(m("class=malformed_json"));
+        assert!(!m("class=malformed"));
+        assert!(m("reason=eof"));
+        assert!(m("x-error-class=malformed_json"));
+        assert!(!m("x-original-exchange=x"));
+        assert!(Filter::parse("nokey").is_err());
+    }
+
+    #[test]
+    fn targets_and_replay_headers() {
+        let mut h = FieldTable::default();
+        h.insert(
+            headers::ORIGINAL_EXCHANGE.into(),
+            AMQPValue::LongString("invalidation.requests".into()),
+        );
+        h.insert(
+            headers::ORIGINAL_ROUTING_KEY.into(),
+            AMQPValue::LongString("price".into()),
+        );
+        h.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(3));
+        h.insert(headers::REPLAY_COUNT.into(), AMQPValue::LongLongInt(1));
+        let q = "invalidation.requests.fast.dlq";
+        let d = ("invalidation.dlx", "invalidation.requests.fast");
+        assert_eq!(
+            Target::parse(None).destination(q, Some(&h), d),
+            Some(("invalidation.requests".into(), "price".into()))
+        );
+        assert_eq!(Target::parse(None).destination(q, None, d), None);
+        assert_eq!(
+            Target::parse(Some("x:y")).destination(q, Some(&h), d),
+            Some(("x".into(), "y".into()))
+        );
+        assert_eq!(
+            Target::parse(Some("x")).destination(q, Some(&h), d),
+            Some(("x".into(), "price".into()))
+        );
+        let kept = replay_headers(Some(&h), false);
+        assert_eq!(header_i64(Some(&kept), headers::ATTEMPTS), Some(3));
+        assert_eq!(header_i64(Some(&kept), headers::REPLAY_COUNT), Some(2));
+        assert!(header_text(Some(&kept), headers::REPLAYED_AT).is_some());
+        let reset = replay_headers(Some(&h), true);
+        assert_eq!(header_i64(Some(&reset), headers::ATTEMPTS), None);
+        assert_eq!(
+            header_text(Some(&reset), headers::ORIGINAL_EXCHANGE).as_deref(),
+            Some("invalidation.requests")
+        );
+    }
+
+    #[test]
+    fn outcomes_are_tallied_and_shown() {
+        let moved = Outcome::Moved {
+            position: 1,
+            exchange: "invalidation.requests".into(),
+            routing_key: "price".into(),
+            class: "malformed_json".into(),
+            preview: "{}".into(),
+        };
+        let outcomes = [
+            moved.clone(),
+            Outcome::NotMatching { position: 2 },
+            Outcome::NoOrigin {
+                position: 3,
+                preview: "{}".into(),
+            },
+            Outcome::Failed {
+                position: 4,
+                error: "nacked".into(),
+            },
+        ];
+        let mut tally = Tally::default();
+        for o in &outcomes {
+            tally.add(o);
+        }
+        assert_eq!(
+            (
+                tally.examined,
+                tally.moved,
+                tally.not_matching,
+                tally.no_origin,
+                tally.failed
+            ),
+            (4, 1, 1, 1, 1)
+        );
+        assert_eq!(
+            tally.summary("q.dlq", 6, false, 7),
+            "q.dlq: moved 1, kept 5 (1 not matching the filter, 1 without origin, 1 failed, \
+             2 not examined); replay record #7."
+        );
+        assert!(tally
+            .summary("q.dlq", 6, true, 7)
+            .contains("would move 1, would keep 5"));
+        // Under a bar a real move is only counted; a dry run always names what would move.
+        assert_eq!(line(&moved, false, true), None);
+        assert_eq!(
+            line(&moved, true, true).as_deref(),
+            Some("would move #1 → \"invalidation.requests\" / \"price\" [malformed_json] {}")
+        );
+        assert_eq!(line(&outcomes[1], false, false), None);
+        assert_eq!(
+            line(&outcomes[3], false, true).as_deref(),
+            Some("kept #4: nacked")
+        );
+        assert!(line(&outcomes[2], false, true)
+            .unwrap()
+            .contains("no x-original-exchange header"));
+    }
+}
