@@ -23,8 +23,10 @@ COPY --from=build /usr/local/bin/fleet /usr/local/bin/fleet
 USER fleet
 ENV FLEET_WORKER_METRICS_LISTEN=0.0.0.0:9464
 EXPOSE 9464
-# Workers answer /healthz with 200 only while every dependency they use is reachable.
+# Liveness only: /livez answers while the process serves. /readyz (every
+# dependency reachable, every queue consumed) is for readiness and alerts: a
+# search outage must not restart the workers, the retry path absorbs it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD curl -fsS http://127.0.0.1:9464/healthz || exit 1
+    CMD curl -fsS http://127.0.0.1:9464/livez || exit 1
 STOPSIGNAL SIGTERM
 CMD ["fleet", "--help"]

@@ -80,4 +80,7 @@ if ! python3 -c 'import osmem_server' >/dev/null 2>&1; then
   python3 -m pip install -q osmem-server 2>/dev/null || python3 -m pip install -q --break-system-packages osmem-server
 fi
 
+# --- promtool (the tests check every worker's /metrics with it) -------------
+have promtool || apt_install prometheus
+
 log "Services ready: RabbitMQ :5672 (management :15672), PostgreSQL :5432, Redis :6379, osmem-server installed"

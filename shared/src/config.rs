@@ -364,7 +364,7 @@ pub struct WorkerConfig {
     /// then are returned to the broker unacknowledged.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Address of the `/metrics` and `/healthz` listener; empty disables it.
+    /// Address of the `/metrics`, `/livez` and `/readyz` listener; empty disables it.
     pub metrics_listen: String,
     /// Apply the topology at start-up (idempotent declares).
     pub apply_topology: bool,

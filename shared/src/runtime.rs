@@ -23,6 +23,7 @@ use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::broker::{
     self, header_i64, header_text, headers, with_headers, HeaderValue, Identity, Outgoing,
@@ -124,9 +125,25 @@ pub struct Incoming {
     /// The queue it was consumed from.
     pub queue: String,
     pub delivery: Delivery,
+    /// An end other than `done` that the handler reached itself (the retry
+    /// handler parks): the outcome the metrics and logs report.
+    outcome: std::sync::OnceLock<&'static str>,
 }
 
 impl Incoming {
+    pub fn new(queue: impl Into<String>, delivery: Delivery) -> Self {
+        Self {
+            queue: queue.into(),
+            delivery,
+            outcome: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records that the handler parked the message (its `Ok` is not `done`).
+    pub fn mark_parked(&self) {
+        let _ = self.outcome.set("parked");
+    }
+
     pub fn body(&self) -> &[u8] {
         &self.delivery.data
     }
@@ -385,7 +402,9 @@ async fn run_session<H: Handler>(
                     let ctx = ctx.clone();
                     let handler = handler.clone();
                     tracker.spawn(async move {
-                        process(&ctx, handler.as_ref(), Incoming { queue, delivery }).await;
+                        let msg = Incoming::new(queue, delivery);
+                        let span = message_span(&ctx, &msg);
+                        process(&ctx, handler.as_ref(), msg).instrument(span).await;
                     });
                 }
                 Some((_, Some(Err(error)))) => {
@@ -416,6 +435,42 @@ async fn run_session<H: Handler>(
     }
     let _ = channel.close(200, "worker stopping".into()).await;
     Ok(end)
+}
+
+/// The span every line about one message is logged in. Handlers fill in
+/// what they learn from the body (`request_id`, `job_id`, `task`).
+fn message_span(ctx: &Context, msg: &Incoming) -> tracing::Span {
+    let attempt = header_i64(msg.headers(), headers::ATTEMPTS).unwrap_or(0) + 1;
+    let message_id = msg
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string());
+    tracing::info_span!(
+        "message",
+        worker = %ctx.identity.worker,
+        queue = %msg.queue,
+        attempt,
+        message_id,
+        request_id = tracing::field::Empty,
+        job_id = tracing::field::Empty,
+        task = tracing::field::Empty,
+    )
+}
+
+/// Records what a handler learnt about its message on the message's span,
+/// so every line logged about it from then on carries it.
+pub fn record_request(request_id: &str) {
+    tracing::Span::current().record("request_id", request_id);
+}
+
+/// Like [`record_request`], for a partition task.
+pub fn record_task(request_id: &str, job_id: &uuid::Uuid, task: i32) {
+    let span = tracing::Span::current();
+    span.record("request_id", request_id);
+    span.record("job_id", tracing::field::display(job_id));
+    span.record("task", task);
 }
 
 /// Runs the handler and takes the delivery down exactly one path.
@@ -449,7 +504,7 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
     let outcome = match result {
         Ok(()) => {
             ack.ack().await;
-            "done"
+            msg.outcome.get().copied().unwrap_or("done")
         }
         Err(HandlerError::Permanent { class, message }) => {
             tracing::warn!(worker, queue = %msg.queue, error_class = %class, error = %message, "Message failed permanently; dead-lettering it.");

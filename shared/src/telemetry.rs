@@ -27,11 +27,22 @@ pub fn init_tracing(json: bool) {
         .unwrap_or_else(|_| {
             EnvFilter::new("info,lapin=warn,lapin::channel=off,sqlx=warn,hyper=warn,reqwest=warn")
         });
+    // Colour only for a person at a terminal: log files and shippers get
+    // plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = if json {
-        builder.json().flatten_event(true).try_init()
+        // One object per line; the message span's fields (`request_id`,
+        // `job_id`, `task`, `attempt`, …) come along under `span`.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.try_init()
     };
@@ -46,21 +57,101 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
         let durations = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
+        let documents = [
+            0.0,
+            10.0,
+            100.0,
+            1_000.0,
+            5_000.0,
+            10_000.0,
+            50_000.0,
+            100_000.0,
+            1_000_000.0,
+        ];
+        // Every histogram gets buckets: a summary's quantiles drop to zero
+        // when idle, which is useless to alert on.
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+            .set_buckets(&latency)
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     Matcher::Full("fleet_job_duration_seconds".into()),
                     &durations,
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("fleet_partition_hits".into()), &documents)
+            })
             .expect("bucket lists are non-empty");
-        match builder.install_recorder() {
+        let handle = match builder.install_recorder() {
             Ok(h) => h,
             // Another recorder is installed (a test harness); render from a fresh one.
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-        }
+        };
+        describe();
+        handle
     })
+}
+
+/// `# HELP` and units for every metric the fleet emits (promtool requires
+/// them; operators read them in Grafana's metric browser).
+fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "fleet_messages_total",
+        "Messages that reached their end, by worker, queue and outcome (done, retried, parked, dead_lettered, returned, rejected)."
+    );
+    describe_histogram!(
+        "fleet_message_handling_seconds",
+        Unit::Seconds,
+        "Time from delivery to the message's end, by worker and outcome."
+    );
+    describe_counter!(
+        "fleet_content_ids_published_total",
+        "Content ids confirmed on an outbound queue, by worker and invalidation type."
+    );
+    describe_counter!(
+        "fleet_outbound_batches_total",
+        "Outbound messages (batches of content ids) confirmed, by worker."
+    );
+    describe_histogram!(
+        "fleet_search_latency_seconds",
+        Unit::Seconds,
+        "Latency of search requests, by operation and whether they succeeded."
+    );
+    describe_histogram!(
+        "fleet_partition_hits",
+        "Documents one finished partition task streamed."
+    );
+    describe_counter!(
+        "fleet_partition_tasks_done_total",
+        "Partition tasks finished by this process."
+    );
+    describe_counter!(
+        "fleet_jobs_completed_total",
+        "Split jobs completed (all their tasks done) and announced."
+    );
+    describe_histogram!(
+        "fleet_job_duration_seconds",
+        Unit::Seconds,
+        "Time from a split job's creation to its completion."
+    );
+    describe_counter!("fleet_jobs_created_total", "Split jobs created.");
+    describe_counter!(
+        "fleet_partition_tasks_created_total",
+        "Partition tasks created by splits."
+    );
+    describe_counter!(
+        "fleet_parked_total",
+        "Messages parked by the retry handler, by reason."
+    );
+    describe_counter!(
+        "fleet_request_id_reused_total",
+        "Requests whose requestId an earlier, different request used; each was processed as its own request."
+    );
+    describe_counter!(
+        "fleet_dedup_skipped_total",
+        "Requests processed without de-duplication because Redis did not answer."
+    );
 }
 
 /// One message reached its end: done, retried, parked, dead_lettered, returned.
@@ -160,6 +251,10 @@ async fn metrics_route() -> impl IntoResponse {
     )
 }
 
+async fn live_route() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"ok": true}))
+}
+
 async fn health_route(State(health): State<Health>) -> impl IntoResponse {
     let (ok, report) = health.report().await;
     let status = if ok {
@@ -190,8 +285,15 @@ pub async fn serve(
         .await
         .map_err(cannot)?;
     let addr = listener.local_addr().map_err(cannot)?;
+    // `/livez`: the process serves (a liveness probe: restart only a process
+    // that stopped answering). `/readyz`: every dependency this process uses
+    // answers and every queue it should consume is consumed (a readiness
+    // probe and alerting; a search outage is no reason to restart a worker,
+    // the retry path absorbs it). `/healthz` is `/readyz` under its old name.
     let app = Router::new()
         .route("/metrics", get(metrics_route))
+        .route("/livez", get(live_route))
+        .route("/readyz", get(health_route))
         .route("/healthz", get(health_route))
         .with_state(health);
     tokio::spawn(async move {
@@ -199,6 +301,6 @@ pub async fn serve(
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
     });
-    tracing::info!(%addr, "Serving /metrics and /healthz.");
+    tracing::info!(%addr, "Serving /metrics, /livez and /readyz.");
     Ok(addr)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fleet_shared::config::{Config, FieldRule};
 use fleet_shared::kv::Kv;
 use fleet_shared::message::{derived_request_id, now_millis, IndexKey, InvalidationRequest};
-use fleet_shared::runtime::{Context, Handler, HandlerError, Incoming};
+use fleet_shared::runtime::{self, Context, Handler, HandlerError, Incoming};
 use fleet_shared::search::{group_partitions, terms_query, Search};
 use fleet_shared::telemetry;
 use futures::StreamExt;
@@ -111,7 +111,11 @@ impl Handler for Dispatcher {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
         let request = InvalidationRequest::decode(msg.body())
             .map_err(|e| HandlerError::permanent(e.class(), e))?;
+        if let Some(id) = request.request_id.as_deref() {
+            runtime::record_request(id);
+        }
         let v = validate(&self.ctx.config, request, msg.body())?;
+        runtime::record_request(&v.request_id);
         // A retry must keep the request id generated at first sight.
         let tag = |e: HandlerError| match e {
             HandlerError::Transient { .. } => e.with_body(v.request.encode()),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use fleet_shared::message::PartitionTask;
-use fleet_shared::runtime::{Context, Handler, HandlerError, Incoming};
+use fleet_shared::runtime::{self, Context, Handler, HandlerError, Incoming};
 use fleet_shared::search::{terms_query, with_partition_range, Search};
 use fleet_shared::telemetry;
 use futures::StreamExt;
@@ -37,6 +37,7 @@ impl Handler for PartitionWorker {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
         let task =
             PartitionTask::decode(msg.body()).map_err(|e| HandlerError::permanent(e.class(), e))?;
+        runtime::record_task(&task.request_id, &task.job_id, task.task_no);
         match job::start_task(&self.ctx, &self.db, &task).await? {
             job::Start::AlreadyDone => {
                 tracing::debug!(job_id = %task.job_id, task_no = task.task_no, "Task already done; acking the duplicate.");

@@ -153,7 +153,8 @@ impl Handler for RetryHandler {
                     })
                     .await?;
                 telemetry::parked(reason);
-                tracing::warn!(%exchange, %routing_key, attempts, reason = %parked.reason, "Parked a message that is too old to retry.");
+                msg.mark_parked();
+                tracing::warn!(%exchange, %routing_key, attempts, reason = %parked.reason, "Parked a message: it is not retried again until an operator replays it.");
                 Ok(())
             }
         }

@@ -636,10 +636,7 @@ async fn list_counts_a_dead_letter_the_moment_it_lands() {
         .unwrap()
         .expect("the request is in the fast lane");
     // ... and fails permanently: the runtime's own dead-letter path, then the ack.
-    let msg = Incoming {
-        queue: names::FAST_LANE.into(),
-        delivery: got.delivery,
-    };
+    let msg = Incoming::new(names::FAST_LANE, got.delivery);
     runtime::dead_letter(&ctx, &msg, "malformed_json", "expected value at line 1")
         .await
         .unwrap();

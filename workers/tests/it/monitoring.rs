@@ -233,3 +233,101 @@ async fn an_ingest_process_counts_its_outcomes_and_reports_healthy() {
 
     child.kill().await.expect("stop the ingest process");
 }
+
+/// Runs `promtool check metrics` on a Prometheus text page.
+async fn promtool_check(text: &str) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/services.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+#[tokio::test]
+async fn a_dispatcher_logs_each_message_with_its_request_and_serves_probes_and_valid_metrics() {
+    // Search is nowhere: the dispatcher is alive but not ready.
+    let env = TestEnv::with(|c| c.search.url = format!("http://127.0.0.1:{}", free_port())).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = tokio::process::Command::new(fleet_bin())
+        .args(["--log-format", "json", "run", "dispatcher"])
+        .envs(env.env_vars())
+        .env("FLEET_WORKER_METRICS_LISTEN", &addr)
+        .env("FLEET_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn fleet run dispatcher");
+    let forbidden = br#"{"requestId": "log-me-1", "parameterIds": [1], "parameterName": "price.amount", "invalidationType": "PRICE"}"#;
+    env.publish(names::REQUESTS, "price", forbidden).await;
+    env.take(&names::dlq(names::FAST_LANE), 1, Duration::from_secs(20))
+        .await;
+
+    let http = reqwest::Client::new();
+    let live = http
+        .get(format!("http://{addr}/livez"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status().as_u16(), 200, "alive although search is down");
+    let ready = http
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503, "not ready: search is down");
+    let report: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        report["checks"]["search"]["ok"],
+        serde_json::json!(false),
+        "{report}"
+    );
+    assert_eq!(
+        report["checks"]["broker"]["ok"],
+        serde_json::json!(true),
+        "{report}"
+    );
+
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("# HELP fleet_messages_total"), "{text}");
+    let (ok, said) = promtool_check(&text).await;
+    assert!(ok, "promtool check metrics: {said}\n{text}");
+
+    // The log: JSON lines, no colour codes, and the line about the dead
+    // letter names the request it was about.
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI colour when not a terminal"
+    );
+    let line: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["error_class"] == "forbidden_field")
+        .unwrap_or_else(|| panic!("no JSON line about the dead letter in:\n{log}"));
+    assert_eq!(line["span"]["request_id"], "log-me-1", "{line}");
+    assert_eq!(line["span"]["attempt"], 1, "{line}");
+    assert_eq!(line["span"]["queue"], names::FAST_LANE, "{line}");
+}
