@@ -66,6 +66,11 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Where the topology comes from and how its queues are declared.
     pub topology: TopologyConfig,
+    /// Where each key that is not a default came from (`section.key` →
+    /// `DATABASE_URL`, `FLEET_RETRY_DELAY`, a file, a flag): commands say
+    /// what they talk to and why. Not configuration itself.
+    #[serde(skip)]
+    pub origins: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -425,6 +430,15 @@ impl Config {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
+            if let Value::Object(sections) = &value {
+                for (section, keys) in sections {
+                    if let Value::Object(keys) = keys {
+                        for key in keys.keys() {
+                            sources.insert(format!("{section}.{key}"), path.display().to_string());
+                        }
+                    }
+                }
+            }
             merge(&mut merged, value);
         }
         let mut vars: Vec<(String, String)> = vars.into_iter().collect();
@@ -474,7 +488,23 @@ impl Config {
             }
         })?;
         config.validate()?;
+        let mut config = config;
+        config.origins = sources;
         Ok(config)
+    }
+
+    /// Records that `key` (`section.key`) was set by `from` (a flag, say).
+    pub fn set_origin(&mut self, key: &str, from: &str) {
+        self.origins.insert(key.to_string(), from.to_string());
+    }
+
+    /// Where `key` came from, in words: the variable, file or flag that
+    /// set it, or that nothing did.
+    pub fn origin(&self, key: &str) -> String {
+        match self.origins.get(key) {
+            Some(from) => format!("from {from}"),
+            None => "the built-in default: nothing configured it".into(),
+        }
     }
 
     /// Cross-field checks that types alone cannot express.

@@ -43,6 +43,41 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ServiceE
     Ok(pool)
 }
 
+/// Connects for reading what the workers recorded: no migrations. A
+/// database without the fleet's tables is an error that says so (a command
+/// pointed at the wrong database must not answer "nothing here").
+pub async fn connect_existing(url: &str, max_connections: u32) -> Result<PgPool, ServiceError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| {
+            ServiceError::new(
+                Service::PostgreSql,
+                format!(
+                    "cannot connect to PostgreSQL at {}: {e}. Check DATABASE_URL (or --database-url).",
+                    redact(url)
+                ),
+            )
+        })?;
+    let present: Option<String> = sqlx::query_scalar("SELECT to_regclass('jobs')::text")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| ServiceError::new(Service::PostgreSql, e.to_string()))?;
+    if present.is_none() {
+        return Err(ServiceError::new(
+            Service::PostgreSql,
+            format!(
+                "the database at {} has no fleet tables: is DATABASE_URL the fleet's database? \
+                 (the workers create the tables when they first start)",
+                redact(url)
+            ),
+        ));
+    }
+    Ok(pool)
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
     pub id: Uuid,

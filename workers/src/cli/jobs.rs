@@ -36,7 +36,10 @@ pub enum JobsCommand {
 
 /// Runs one `jobs` subcommand.
 pub async fn run(config: &Config, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
-    let pool = db::connect(&config.database.url, 2).await?;
+    super::using(config, "PostgreSQL", "database.url", &config.database.url);
+    // Reading (and resuming) what the workers recorded never migrates: a
+    // command pointed at the wrong database says so instead of "no jobs".
+    let pool = db::connect_existing(&config.database.url, 2).await?;
     match cmd {
         JobsCommand::List { limit } => list(&pool, limit).await,
         JobsCommand::Show { id } => {

@@ -17,6 +17,16 @@ pub mod publish;
 pub mod status;
 pub mod topology;
 
+/// Says on stderr which service a command talks to and where that address
+/// came from, so nobody acts on an answer from a service they did not mean.
+pub fn using(config: &Config, service: &str, key: &str, url: &str) {
+    eprintln!(
+        "{service}: {} ({})",
+        fleet_shared::broker::redact(url),
+        config.origin(key)
+    );
+}
+
 const ABOUT: &str =
     "The content-invalidation worker fleet: turns invalidation requests into batches of \
 content ids on per-type, per-locale queues, splits huge queries by searchPartition, retries \
@@ -73,18 +83,23 @@ impl Global {
         let mut c = Config::load(self.config.as_deref())?;
         if let Some(v) = &self.amqp_url {
             c.amqp.url = v.clone();
+            c.set_origin("amqp.url", "--amqp-url");
         }
         if let Some(v) = &self.management_url {
             c.amqp.management_url = v.clone();
+            c.set_origin("amqp.management_url", "--management-url");
         }
         if let Some(v) = &self.database_url {
             c.database.url = v.clone();
+            c.set_origin("database.url", "--database-url");
         }
         if let Some(v) = &self.redis_url {
             c.redis.url = v.clone();
+            c.set_origin("redis.url", "--redis-url");
         }
         if let Some(v) = &self.search_url {
             c.search.url = v.clone();
+            c.set_origin("search.url", "--search-url");
         }
         Ok(c)
     }
