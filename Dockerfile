@@ -8,9 +8,11 @@ WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and the target directory between builds;
 # the binary is copied out because the target mount is not part of the layer.
+# Only the `fleet` binary: the test kit and the benchmark (`testkit/`, `bench/`)
+# are workspace members for development and never built here.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p fleet-workers \
+    cargo build --release --locked -p fleet-workers --bin fleet \
     && install -m 0755 target/release/fleet /usr/local/bin/fleet
 
 FROM debian:bookworm-slim

@@ -41,7 +41,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of a worker or CLI invocation.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// RabbitMQ connection and consumer settings.
@@ -70,10 +70,21 @@ pub struct Config {
     /// `DATABASE_URL`, `FLEET_RETRY_DELAY`, a file, a flag): commands say
     /// what they talk to and why. Not configuration itself.
     #[serde(skip)]
-    pub origins: BTreeMap<String, String>,
+    pub origins: Origins,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where configuration keys came from. Two configurations with the same
+/// values are equal wherever their values came from.
+#[derive(Debug, Clone, Default)]
+pub struct Origins(BTreeMap<String, String>);
+
+impl PartialEq for Origins {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpConfig {
     /// AMQP URL; its vhost is the one every worker uses (`AMQP_URL`).
@@ -104,7 +115,7 @@ impl Default for AmqpConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// PostgreSQL URL (`DATABASE_URL`).
@@ -122,7 +133,7 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// Redis URL (`REDIS_URL`).
@@ -154,7 +165,7 @@ pub enum SearchFlavor {
     Opensearch,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SearchConfig {
     /// Search cluster URL (`SEARCH_URL`).
@@ -204,7 +215,7 @@ impl SearchConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// TTL of the retry delay queue: how long a failed message waits before it is tried again.
@@ -250,7 +261,7 @@ impl FieldRule {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatcherConfig {
     /// A query counting more hits than this is split by `searchPartition` into partition tasks.
@@ -296,7 +307,7 @@ impl Default for DispatcherConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PartitionConfig {
     /// Outbound batches a partition worker may have awaiting confirms at once;
@@ -323,7 +334,7 @@ impl Default for PartitionConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweeperConfig {
     /// A task running without a heartbeat for this long (its worker died), or
@@ -349,7 +360,7 @@ impl Default for SweeperConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// A stock update invalidates only when the new quantity is at or below this.
@@ -362,7 +373,7 @@ impl Default for IngestConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// Upper bound on a graceful shutdown: in-flight messages not finished by
@@ -385,7 +396,7 @@ impl Default for WorkerConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopologyConfig {
     /// Topology file; the one shipped in `topology/fleet.toml` (built in) when absent.
@@ -489,19 +500,19 @@ impl Config {
         })?;
         config.validate()?;
         let mut config = config;
-        config.origins = sources;
+        config.origins = Origins(sources);
         Ok(config)
     }
 
     /// Records that `key` (`section.key`) was set by `from` (a flag, say).
     pub fn set_origin(&mut self, key: &str, from: &str) {
-        self.origins.insert(key.to_string(), from.to_string());
+        self.origins.0.insert(key.to_string(), from.to_string());
     }
 
     /// Where `key` came from, in words: the variable, file or flag that
     /// set it, or that nothing did.
     pub fn origin(&self, key: &str) -> String {
-        match self.origins.get(key) {
+        match self.origins.0.get(key) {
             Some(from) => format!("from {from}"),
             None => "the built-in default: nothing configured it".into(),
         }
@@ -549,6 +560,38 @@ impl Config {
     /// Every key with its current value, for `fleet config`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// Every key as the variables [`load`](Self::load) reads back, for a child
+    /// process that must see exactly this configuration: the connection URLs
+    /// under their well-known names (`AMQP_URL`, …), every other key as
+    /// `FLEET_<SECTION>_<KEY>`. Values are written the way the loader parses
+    /// them: durations in humantime (`1m 30s`), lists and maps as JSON.
+    ///
+    /// Every key is rendered, so the variables override whatever the child
+    /// inherits or finds in a `--config` file, with one exception: an optional
+    /// key that is unset here is left out (there is no text for "unset"), and
+    /// the child keeps its own value for it.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        // `unwrap`: serialising plain structs to JSON cannot fail.
+        let value = serde_json::to_value(self).unwrap();
+        let mut vars = Vec::new();
+        for (section, keys) in value.as_object().into_iter().flatten() {
+            for (key, v) in keys.as_object().into_iter().flatten() {
+                let text = match v {
+                    Value::Null => continue,
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let name = URL_VARIABLES
+                    .iter()
+                    .find(|(_, s, k)| s == section && k == key)
+                    .map(|(var, _, _)| var.to_string())
+                    .unwrap_or_else(|| format!("FLEET_{section}_{key}").to_ascii_uppercase());
+                vars.push((name, text));
+            }
+        }
+        vars
     }
 }
 
@@ -708,6 +751,73 @@ mod tests {
         assert_eq!(c.dispatcher.split_limit, 500);
         assert_eq!(c.retry.max_attempts, Some(4));
         assert!(c.amqp.url.ends_with("/test"));
+    }
+
+    #[test]
+    fn the_rendered_variables_load_back_to_the_same_config() {
+        assert_eq!(
+            Config::load_from(None, Config::default().to_env()).unwrap(),
+            Config::default()
+        );
+        // Every key away from its default, so a key the rendering drops or
+        // mangles shows up as a difference.
+        let mut c = Config::default();
+        c.amqp.url = "amqp://u:p@10.0.0.1:5672/fleet-x".into();
+        c.amqp.management_url = "http://u:p@10.0.0.1:15672".into();
+        c.amqp.prefetch = 7;
+        c.amqp.reconnect_max_backoff = Duration::from_millis(2500);
+        c.amqp.confirm_timeout = Duration::from_secs(90);
+        c.database.url = "postgres://postgres@10.0.0.2:5432/fleet_x".into();
+        c.database.max_connections = 3;
+        c.redis.url = "redis://10.0.0.3:6379/2".into();
+        c.redis.key_prefix = "fleet-x".into();
+        c.redis.idempotency_ttl = Duration::from_secs(15 * 60);
+        c.search.url = "http://10.0.0.4:9200".into();
+        c.search.flavor = SearchFlavor::Elasticsearch;
+        c.search.point_in_time = false;
+        c.search.pit_keep_alive = Duration::from_millis(1);
+        c.search.timeout = Duration::from_secs(3 * 3600 + 1);
+        c.search.page_size = 123;
+        c.search.indices = BTreeMap::from([("deDE".into(), "content_de".into())]);
+        c.search.default_index = "content_rest".into();
+        c.retry.delay = Duration::from_millis(1500);
+        c.retry.window = Duration::from_secs(30);
+        c.retry.max_attempts = Some(4);
+        c.dispatcher.split_limit = 400;
+        c.dispatcher.max_ids = 9;
+        c.dispatcher.batch_size = 100;
+        c.dispatcher.flush_interval = Duration::from_micros(10_500);
+        c.dispatcher.fields = BTreeMap::from([(
+            "listings.id".into(),
+            FieldRule {
+                nested: true,
+                path: Some("listings".into()),
+            },
+        )]);
+        c.dispatcher.index_keys = vec![IndexKey::DeDe, IndexKey::TrTr];
+        c.partition.max_in_flight_batches = 2;
+        c.sweeper.stall_after = Duration::from_secs(2);
+        c.sweeper.interval = Duration::from_millis(500);
+        c.sweeper.lock_ttl = Duration::from_secs(5);
+        c.ingest.critical_stock = -1;
+        c.worker.shutdown_grace = Duration::from_secs(5);
+        c.worker.metrics_listen = String::new();
+        c.worker.apply_topology = false;
+        c.topology.file = Some(PathBuf::from("/etc/fleet/topology.toml"));
+        c.topology.queue_type = Some("quorum".into());
+        let vars = c.to_env();
+        assert!(vars
+            .iter()
+            .any(|(k, v)| k == "AMQP_URL" && v == &c.amqp.url));
+        assert!(vars
+            .iter()
+            .any(|(k, v)| k == "FLEET_RETRY_DELAY" && v == "1s 500ms"));
+        let keys: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(keys.len(), unique.len(), "{keys:?}");
+        assert_eq!(Config::load_from(None, vars).unwrap(), c);
     }
 
     #[test]

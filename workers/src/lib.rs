@@ -6,7 +6,6 @@
 
 pub mod app;
 pub mod batcher;
-pub mod bench;
 pub mod catalogue;
 pub mod cli;
 pub mod dispatcher;

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, WorkerKind};
 
-pub mod bench;
 pub mod catalogue;
 pub mod dlq;
 pub mod jobs;
@@ -133,8 +132,6 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Queues (depth, consumers, rates) and connected workers, from the management API.
     Status(status::StatusArgs),
-    /// Measure fan-out, the fast lane and worker memory against raw baselines (SPEC §10).
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -179,9 +176,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(cmd) => jobs::run(&g.config()?, cmd).await,
         Command::Publish(args) => publish::run(&g.config()?, args).await,
         Command::Status(args) => status::run(&g.config()?, args).await,
-        Command::Bench(args) => {
-            bench::run(&g.config()?, args, g.search_url.clone(), g.config.clone()).await
-        }
         Command::Schema { kind } => {
             let all = fleet_shared::schema::all();
             match all.iter().find(|(n, _)| *n == kind) {
@@ -210,4 +204,16 @@ fn dedup(mut kinds: Vec<WorkerKind>) -> Vec<WorkerKind> {
     let mut seen = std::collections::HashSet::new();
     kinds.retain(|k| seen.insert(*k));
     kinds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmark_is_not_a_fleet_command() {
+        // It is `fleet-bench` (bench/): a development tool, not production code.
+        let err = Cli::try_parse_from(["fleet", "bench"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);
+    }
 }

@@ -338,7 +338,9 @@ fn the_dockerfile_builds_the_fleet_binary_into_a_slim_image() {
     let text = std::fs::read_to_string(&path).expect("a Dockerfile at the repository root");
     assert!(text.contains("FROM rust:1.95-bookworm AS build"), "{text}");
     assert!(text.contains("cargo build --release"), "{text}");
-    assert!(text.contains("-p fleet-workers"), "{text}");
+    assert!(text.contains("-p fleet-workers --bin fleet"), "{text}");
+    // The benchmark and the test kit are development crates, not in the image.
+    assert!(!text.contains("fleet-bench"), "{text}");
     assert!(text.contains("FROM debian:bookworm-slim"), "{text}");
     assert!(text.contains("ca-certificates"), "{text}");
     assert!(text.contains("/usr/local/bin/fleet"), "{text}");

@@ -1,0 +1,104 @@
+//! Counting consumers: how many distinct content ids reached a queue, and
+//! when the last new one arrived.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use fleet_shared::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use fleet_shared::lapin::types::FieldTable;
+use fleet_shared::lapin::Connection;
+use fleet_shared::message::{InvalidationRequest, OutboundBatch};
+use futures::StreamExt;
+use uuid::Uuid;
+
+/// What a counting consumer saw.
+#[derive(Debug, Clone)]
+pub struct Counted {
+    /// Distinct ids seen.
+    pub distinct: u64,
+    /// Messages consumed.
+    pub messages: u64,
+    /// Ids delivered, duplicates included.
+    pub ids: u64,
+    /// When the last new id arrived.
+    pub last_new: Instant,
+}
+
+/// How to read the content ids of a message.
+pub type Decode = fn(&[u8]) -> anyhow::Result<Vec<i64>>;
+
+pub fn outbound_ids(body: &[u8]) -> anyhow::Result<Vec<i64>> {
+    Ok(OutboundBatch::decode(body)?.content_ids)
+}
+
+pub fn request_ids(body: &[u8]) -> anyhow::Result<Vec<i64>> {
+    Ok(InvalidationRequest::decode(body)?.parameter_ids)
+}
+
+/// Starts consuming `queue` (acking everything) until `expected` distinct ids
+/// arrived or nothing new came for `idle`; resolves to what it saw.
+pub async fn start_counter(
+    conn: &Connection,
+    queue: &str,
+    expected: u64,
+    idle: Duration,
+    decode: Decode,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Counted>>> {
+    let ch = conn.create_channel().await?;
+    // Leftovers of an earlier measurement must not count in this one.
+    ch.queue_purge(queue.into(), Default::default())
+        .await
+        .with_context(|| format!("purging {queue}"))?;
+    ch.basic_qos(2000, BasicQosOptions::default()).await?;
+    let tag = format!("fleet-bench-counter-{}", Uuid::new_v4().simple());
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming {queue}"))?;
+    let queue = queue.to_string();
+    Ok(tokio::spawn(async move {
+        let mut seen: HashSet<i64> = HashSet::with_capacity(expected as usize);
+        let mut c = Counted {
+            distinct: 0,
+            messages: 0,
+            ids: 0,
+            last_new: Instant::now(),
+        };
+        while c.distinct < expected {
+            let next = tokio::time::timeout(idle, consumer.next()).await;
+            let delivery = match next {
+                Ok(Some(d)) => d.with_context(|| format!("consuming {queue}"))?,
+                Ok(None) => bail!("the consumer of {queue} was cancelled"),
+                Err(_) => bail!(
+                    "nothing new on {queue} for {idle:?}: {} of {expected} ids arrived",
+                    c.distinct
+                ),
+            };
+            let ids =
+                decode(&delivery.data).with_context(|| format!("decoding a message of {queue}"))?;
+            c.messages += 1;
+            c.ids += ids.len() as u64;
+            let before = seen.len();
+            seen.extend(ids);
+            if seen.len() > before {
+                c.distinct = seen.len() as u64;
+                c.last_new = Instant::now();
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        let _ = ch.close(200, "counted".into()).await;
+        Ok(c)
+    }))
+}
+
+pub async fn join_counter(
+    h: tokio::task::JoinHandle<anyhow::Result<Counted>>,
+) -> anyhow::Result<Counted> {
+    h.await.context("the counting task panicked")?
+}

@@ -1,0 +1,171 @@
+//! The run: what to measure, the order, and the clean-up whatever happens.
+//!
+//! - **fan-out** ([`crate::fanout`]): content ids per second delivered to an
+//!   outbound queue for one request matching the whole catalogue (split into
+//!   partition tasks by a `fleet run dispatcher partition` subprocess), next
+//!   to a raw unsplit `search_after` scan of the same query and next to the
+//!   summed raw scans of the partition queries the dispatcher would make;
+//! - **fast lane** ([`crate::fastlane`]): single-content requests per second
+//!   end to end (publish → dispatcher → outbound queue), next to a raw
+//!   consume-and-republish relay ([`crate::relay`]) with publisher confirms on
+//!   the same broker;
+//! - **memory** ([`crate::memory`]): peak RSS of a `fleet run partition`
+//!   subprocess while it streams a small and a large partition task.
+//!
+//! The run is isolated from anything else on the services: a test-kit
+//! sandbox (its own vhost with the topology applied, its own database, its
+//! own Redis key prefix) and, unless `--search-url` names a loaded cluster,
+//! its own osmem-server seeded with a generated catalogue ([`crate::setup`]).
+//! Everything it created is removed at the end, also after an error or Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fleet_shared::broker::{self, Identity};
+use fleet_shared::config::Config;
+use fleet_shared::message::{IndexKey, InvalidationType};
+use fleet_shared::search::Search;
+use fleet_shared::topology::names;
+
+use crate::report::{machine_description, report, Results};
+use crate::setup::BenchEnv;
+use crate::worker::{wait_for_consumer, Worker};
+use crate::{fanout, fastlane, memory};
+
+/// The index key every measurement uses (its index is `search.indices.trTR`).
+pub const KEY: IndexKey = IndexKey::TrTr;
+/// The bulk-lane type of the fan-out request.
+pub const FANOUT_TYPE: InvalidationType = InvalidationType::Supplier;
+/// The fast-lane type of the single-content requests.
+pub const FAST_TYPE: InvalidationType = InvalidationType::Price;
+/// How often the memory sampler reads `/proc/<pid>/status`.
+pub const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// The lower bound on the fan-out request's size.
+pub const FANOUT_MIN_HITS: u64 = 200_000;
+
+/// Which measurements to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Part {
+    /// (a) a request matching the whole catalogue, against raw scans.
+    Fanout,
+    /// (b) single-content requests through the fast lane, against a raw relay.
+    FastLane,
+    /// (c) peak RSS of a partition worker at two result sizes.
+    Memory,
+}
+
+/// What to run and how big.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Documents in the generated catalogue (ignored with `search_url`).
+    pub docs: u64,
+    /// Listings kept per generated document (the nested mapping is unchanged;
+    /// fewer listings load faster and no measured query reads them).
+    pub listings: usize,
+    /// Suppliers of the catalogue: the fan-out request names all of them.
+    pub suppliers: u32,
+    /// An already loaded cluster to use instead of starting osmem-server.
+    pub search_url: Option<String>,
+    /// `dispatcher.split_limit` of the measured fleet and of the partition baseline.
+    pub split_limit: u64,
+    /// Stop the unsplit baseline scan after this many ids (its rate is then
+    /// that of the first ids, and labelled so).
+    pub unsplit_limit: Option<u64>,
+    /// Stop the unsplit baseline scan after this long (same labelling).
+    pub unsplit_max: Duration,
+    /// Single-content requests per fast-lane measurement.
+    pub fast_requests: usize,
+    /// The small memory task covers `searchPartition < this` (of 1000).
+    pub small_partitions: i64,
+    /// The measurements to run.
+    pub parts: Vec<Part>,
+    /// A `fleet` binary to run the workers with; `None`: this binary's own
+    /// copy of the fleet command line (`fleet-bench fleet run …`).
+    pub fleet_bin: Option<PathBuf>,
+    /// Keep the worker logs directory even when the run succeeds.
+    pub keep_logs: bool,
+}
+
+/// Runs the benchmark against `base` (whose URLs name the services) and
+/// prints the report; everything created is removed before returning.
+pub async fn run(base: &Config, opts: &Options, command_line: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut env: Option<BenchEnv> = None;
+    let outcome = tokio::select! {
+        r = async {
+            let env = env.insert(BenchEnv::open(base, opts).await?);
+            env.setup(opts).await?;
+            measure(env, opts, command_line).await
+        } => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaning up")),
+    };
+    if let Some(mut env) = env {
+        if outcome.is_err() {
+            eprintln!("Worker logs kept in {}.", env.logs.display());
+        }
+        env.cleanup(outcome.is_ok() && !opts.keep_logs).await;
+    }
+    let report = outcome?;
+    println!("{report}");
+    eprintln!(
+        "Benchmark finished in {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn measure(env: &mut BenchEnv, opts: &Options, command_line: &str) -> anyhow::Result<String> {
+    let search = Search::new(&env.config().search)?;
+    search
+        .ping()
+        .await
+        .with_context(|| format!("search cluster at {}", env.config().search.url))?;
+    let ctx = env.context("bench").await?;
+    let identity = Identity::new("bench");
+    let conn = broker::connect(&env.config().amqp.url, &identity, "bench").await?;
+    let control = conn.create_channel().await?;
+    let machine = machine_description();
+    eprintln!("{machine}");
+    let mut results = Results::default();
+
+    let wants = |p: Part| opts.parts.contains(&p);
+    if wants(Part::Fanout) || wants(Part::FastLane) {
+        let mut worker = Worker::spawn(env, &["dispatcher", "partition"]).await?;
+        let ready = async {
+            for q in [names::BULK_LANE, names::FAST_LANE, names::PARTITIONS] {
+                wait_for_consumer(&control, q, &mut worker, Duration::from_secs(60)).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        let measured = match ready {
+            Ok(()) => {
+                eprintln!(
+                    "Worker subprocess `fleet run dispatcher partition` (pid {}) is consuming.",
+                    worker.pid
+                );
+                let mut r = anyhow::Ok(());
+                if wants(Part::Fanout) {
+                    r = fanout::fanout(env, opts, &search, &ctx, &conn, &mut worker)
+                        .await
+                        .map(|f| results.fanout = Some(f));
+                }
+                if r.is_ok() && wants(Part::FastLane) {
+                    r = fastlane::fast_lane(env, opts, &conn, &mut worker)
+                        .await
+                        .map(|f| results.fast = Some(f));
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        worker.stop().await;
+        measured?;
+    }
+    if wants(Part::Memory) {
+        results.memory = Some(memory::memory(env, opts, &search, &ctx, &conn, &control).await?);
+    }
+    let _ = conn.close(200, "bench done".into()).await;
+    Ok(report(&results, opts, &machine, command_line))
+}

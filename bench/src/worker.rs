@@ -1,0 +1,109 @@
+//! The worker subprocesses the fleet is measured in, and reading their memory.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use fleet_shared::lapin::Channel;
+use tokio::process::Child;
+
+use crate::setup::BenchEnv;
+
+/// A `fleet run …` subprocess.
+pub struct Worker {
+    child: Child,
+    /// Its process id, for reading its memory from `/proc`.
+    pub pid: u32,
+    /// Its stderr, named in errors.
+    log: PathBuf,
+}
+
+impl Worker {
+    /// Starts `fleet run <kinds>` in the run's sandbox.
+    pub async fn spawn(env: &BenchEnv, kinds: &[&str]) -> anyhow::Result<Self> {
+        let (mut cmd, log) = env.worker_command(kinds)?;
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        let child = cmd.spawn().with_context(|| {
+            let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+            format!("starting a fleet worker subprocess ({program})")
+        })?;
+        let pid = child.id().context("the worker exited at once")?;
+        Ok(Self { child, pid, log })
+    }
+
+    /// Fails when the worker already exited (its log says why).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the worker subprocess exited ({status}); see {}",
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the worker with SIGTERM (graceful), SIGKILL after 20 s.
+    pub async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
+pub fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// Waits until `queue` has at least one consumer.
+pub async fn wait_for_consumer(
+    ch: &Channel,
+    queue: &str,
+    worker: &mut Worker,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    loop {
+        worker.check_alive()?;
+        let q = fleet_shared::broker::inspect_queue(ch, queue)
+            .await
+            .with_context(|| format!("checking queue {queue}"))?;
+        if q.consumer_count() > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no consumer on {queue} after {wait:?}; see {}",
+                worker.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_parse() {
+        let me = std::process::id();
+        assert!(read_status_kib(me, "VmRSS").unwrap_or(0) > 0);
+        assert!(read_status_kib(me, "NoSuchField").is_none());
+    }
+}
