@@ -5,6 +5,8 @@
 //! Elasticsearch 8 and OpenSearch differ only in the point-in-time endpoints;
 //! `search.flavor` picks them. Everything else is the same search API.
 
+pub mod limiter;
+
 use std::time::Instant;
 
 use elasticsearch::http::headers::HeaderMap;
