@@ -126,9 +126,9 @@ pub fn nested_path(rule: &FieldRule) -> Option<&str> {
 
 pub fn search_error(e: SearchError) -> HandlerError {
     if e.is_transient() {
-        HandlerError::transient("search_unavailable", e)
+        HandlerError::transient(e.class(), e)
     } else {
-        HandlerError::permanent("search_rejected", e)
+        HandlerError::permanent(e.class(), e)
     }
 }
 
@@ -216,11 +216,19 @@ impl Dispatcher {
                 let origin = self.origin(v, key, time);
                 let mut sink = self.batcher.sink(max_in_flight);
                 let mut pages = std::pin::pin!(self.search.scan(&index, query));
+                let mut without_id = 0;
                 while let Some(page) = pages.next().await {
-                    let ids = page.map_err(search_error)?;
-                    sink.push(&origin, &ids).await?;
+                    let page = page.map_err(search_error)?;
+                    without_id += page.missing_ids;
+                    sink.push(&origin, &page.ids).await?;
                 }
                 sink.finish().await?;
+                telemetry::hits_without_id(
+                    &self.ctx.identity.worker,
+                    &v.request_id,
+                    &index,
+                    without_id,
+                );
             } else {
                 self.split(v, key, &index, &query, count, time).await?;
             }

@@ -72,10 +72,20 @@ impl Handler for PartitionWorker {
             .batcher
             .sink(self.ctx.config.partition.max_in_flight_batches);
         let mut pages = std::pin::pin!(self.search.scan(&index, query));
+        let mut without_id = 0;
         while let Some(page) = pages.next().await {
-            sink.push(&origin, &page.map_err(search_error)?).await?;
+            let page = page.map_err(search_error)?;
+            without_id += page.missing_ids;
+            sink.push(&origin, &page.ids).await?;
         }
         let hits = sink.finish().await?;
+        // TODO(job): report missing ids in jobs show (the task row's figure).
+        telemetry::hits_without_id(
+            &self.ctx.identity.worker,
+            &task.request_id,
+            &index,
+            without_id,
+        );
         telemetry::partition_hits(hits);
         if db::finish_task(&self.db, task.job_id, task.task_no, hits as i64)
             .await

@@ -4,10 +4,20 @@
 //!
 //! Elasticsearch 8 and OpenSearch differ only in the point-in-time endpoints;
 //! `search.flavor` picks them. Everything else is the same search API.
+//!
+//! Every answer used is complete: counts, aggregations and pages ask for
+//! `allow_partial_search_results=false`, and an HTTP 200 that still reports a
+//! failed shard or `timed_out` is an error ([`SearchError::Partial`]), never
+//! a smaller result. Every call (count, histogram page, scan page, point in
+//! time open and close) takes a slot of the process's adaptive concurrency
+//! limit ([`limiter`]) and backs off locally when the cluster pushes back.
 
+mod error;
 pub mod limiter;
+mod split;
 
-use std::time::Instant;
+use std::ops::Deref;
+use std::time::{Duration, Instant};
 
 use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::request::JsonBody;
@@ -15,7 +25,8 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 use elasticsearch::http::{Method, Url};
 use elasticsearch::Elasticsearch;
 use futures::Stream;
-use serde::de::DeserializeOwned;
+use rand::Rng;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -23,97 +34,97 @@ use crate::broker::redact;
 use crate::config::{SearchConfig, SearchFlavor};
 use crate::telemetry;
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SearchError {
-    /// The cluster is down, slow or overloaded: try again later.
-    #[error("search cluster unavailable: {0}")]
-    Unavailable(String),
-    /// The cluster refused the query itself (HTTP 400): retrying cannot help.
-    #[error("search cluster rejected the query: {0}")]
-    Rejected(String),
-    /// No such index or endpoint (HTTP 404): an index being rebuilt, or a
-    /// server without the endpoint. Retried like an outage.
-    #[error("search cluster has no such index or endpoint: {0}")]
-    NotFound(String),
+pub use error::{classify, SearchError};
+pub use limiter::Limiter;
+pub use split::{group_partitions, terms_query, with_partition_range, Histogram, PartitionGroup};
+
+/// Added to every count, aggregation and page: a shard that fails makes the
+/// whole request fail instead of answering with fewer hits.
+const COMPLETE: &str = "allow_partial_search_results=false";
+
+/// Buckets per page of the `searchPartition` composite aggregation.
+const HISTOGRAM_PAGE: usize = 1000;
+
+/// One page of a scan: the content ids of its hits, in `id` order, and how
+/// many hits had no usable `id` (absent, not an integer, several values).
+/// Those are never published (SPEC §6: ids are never invented); callers
+/// report them. A page reads as its ids (`Deref<Target = [i64]>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub ids: Vec<i64>,
+    pub missing_ids: u64,
 }
 
-impl SearchError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, SearchError::Unavailable(_) | SearchError::NotFound(_))
+impl Deref for Page {
+    type Target = [i64];
+    fn deref(&self) -> &[i64] {
+        &self.ids
     }
 }
 
-/// The query of a request for one index: `terms` on the field, wrapped in a
-/// `nested` query when the field is nested.
-pub fn terms_query(field: &str, ids: &[i64], nested_path: Option<&str>) -> Value {
-    let terms = json!({ "terms": { field: ids } });
-    match nested_path {
-        Some(path) => json!({ "nested": { "path": path, "query": terms } }),
-        None => terms,
+impl IntoIterator for Page {
+    type Item = i64;
+    type IntoIter = std::vec::IntoIter<i64>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.ids.into_iter()
     }
 }
 
-/// `query` restricted to `from <= searchPartition < to` (either bound open).
-pub fn with_partition_range(query: &Value, from: Option<i64>, to: Option<i64>) -> Value {
-    if from.is_none() && to.is_none() {
-        return query.clone();
-    }
-    let mut range = serde_json::Map::new();
-    if let Some(f) = from {
-        range.insert("gte".into(), json!(f));
-    }
-    if let Some(t) = to {
-        range.insert("lt".into(), json!(t));
-    }
-    json!({ "bool": { "filter": [ query, { "range": { "searchPartition": range } } ] } })
+/// An answer that can say it is not the whole answer.
+trait Answer: DeserializeOwned {
+    /// Why the answer is partial, if it is.
+    fn incomplete(&self) -> Option<String>;
 }
 
-/// One partition of a split query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionGroup {
-    /// Inclusive lower bound; `None` for the first group (from the minimum).
-    pub from: Option<i64>,
-    /// Exclusive upper bound; `None` for the last group (to the maximum).
-    pub to: Option<i64>,
-    /// Documents the histogram counted in the group.
-    pub hits: u64,
-    /// The bucket keys the group was built from (first and last).
-    pub first_key: i64,
-    pub last_key: i64,
+impl Answer for IgnoredAny {
+    fn incomplete(&self) -> Option<String> {
+        None
+    }
 }
 
-/// Groups consecutive histogram buckets (sorted by key) so that no group
-/// holds more than `limit` documents unless one bucket alone does.
-///
-/// The ranges tile the whole `searchPartition` domain: the first starts at the
-/// minimum, each ends just before the next begins, the last is open-ended. So
-/// the union of the partition queries is exactly the original query, even for
-/// documents that appear between the aggregation and the partition queries.
-pub fn group_partitions(buckets: &[(i64, u64)], limit: u64) -> Vec<PartitionGroup> {
-    let mut groups: Vec<PartitionGroup> = Vec::new();
-    for &(key, count) in buckets {
-        match groups.last_mut() {
-            Some(g) if g.hits + count <= limit => {
-                g.hits += count;
-                g.last_key = key;
-            }
-            _ => groups.push(PartitionGroup {
-                from: Some(key),
-                to: None,
-                hits: count,
-                first_key: key,
-                last_key: key,
-            }),
+impl Answer for Value {
+    fn incomplete(&self) -> Option<String> {
+        let shards: Shards = serde_json::from_value(self["_shards"].clone()).unwrap_or_default();
+        shards.incomplete(self["timed_out"].as_bool().unwrap_or(false))
+    }
+}
+
+/// The `_shards` header of an answer.
+#[derive(Debug, Default, Deserialize)]
+struct Shards {
+    #[serde(default)]
+    total: u64,
+    #[serde(default)]
+    failed: u64,
+    #[serde(default)]
+    failures: Vec<Value>,
+}
+
+impl Shards {
+    fn incomplete(&self, timed_out: bool) -> Option<String> {
+        if self.failed > 0 {
+            let reason = self
+                .failures
+                .first()
+                .map(|f| {
+                    let r = &f["reason"];
+                    format!(
+                        " (first: {}: {})",
+                        r["type"].as_str().unwrap_or("?"),
+                        r["reason"].as_str().unwrap_or("?")
+                    )
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "{} of {} shards failed{reason}",
+                self.failed, self.total
+            ))
+        } else if timed_out {
+            Some("the search timed out on the server (timed_out: true)".into())
+        } else {
+            None
         }
     }
-    let starts: Vec<i64> = groups.iter().map(|g| g.first_key).collect();
-    for (i, g) in groups.iter_mut().enumerate() {
-        if i == 0 {
-            g.from = None;
-        }
-        g.to = starts.get(i + 1).copied();
-    }
-    groups
 }
 
 /// One `search_after` page, decoded into just what the scan needs: the
@@ -122,7 +133,17 @@ pub fn group_partitions(buckets: &[(i64, u64)], limit: u64) -> Vec<PartitionGrou
 struct ScanPage {
     #[serde(default)]
     pit_id: Option<String>,
+    #[serde(default)]
+    timed_out: bool,
+    #[serde(default, rename = "_shards")]
+    shards: Shards,
     hits: ScanHits,
+}
+
+impl Answer for ScanPage {
+    fn incomplete(&self) -> Option<String> {
+        self.shards.incomplete(self.timed_out)
+    }
 }
 
 #[derive(Deserialize)]
@@ -132,20 +153,54 @@ struct ScanHits {
 
 #[derive(Deserialize)]
 struct ScanHit {
-    /// `[id]`, plus the shard tiebreaker inside an Elasticsearch point in time.
+    /// `[id]`, plus the shard tiebreaker inside an Elasticsearch point in
+    /// time: only for `search_after`. A hit without `id` sorts last with a
+    /// placeholder value, so the id itself comes from `fields`.
+    #[serde(default)]
     sort: Vec<Value>,
+    /// The `docvalue_fields` asked for: just `id`.
+    #[serde(default)]
+    fields: HitFields,
+}
+
+#[derive(Default, Deserialize)]
+struct HitFields {
+    #[serde(default)]
+    id: Vec<Value>,
+}
+
+impl ScanHit {
+    /// The content id, when the document has exactly one integer `id`.
+    fn content_id(&self) -> Option<i64> {
+        match self.fields.id.as_slice() {
+            [v] => v.as_i64().or_else(|| v.as_str()?.trim().parse().ok()),
+            _ => None,
+        }
+    }
+}
+
+/// The jittered exponential back-off before local attempt `attempt` (1, 2, …):
+/// between half and all of `initial * 2^(attempt-1)`, capped at `max`.
+pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let exp = initial
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(max);
+    let half = exp / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
 }
 
 #[derive(Clone)]
 pub struct Search {
     client: Elasticsearch,
     cfg: SearchConfig,
+    /// Shared by every clone: one bound per process.
+    limiter: Limiter,
 }
 
 impl Search {
     pub fn new(cfg: &SearchConfig) -> anyhow::Result<Self> {
         let url = Url::parse(&cfg.url)
-            .map_err(|e| anyhow::anyhow!("bad SEARCH_URL {:?}: {e}", cfg.url))?;
+            .map_err(|e| anyhow::anyhow!("bad SEARCH_URL {:?}: {e}", redact(&cfg.url)))?;
         let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(cfg.timeout)
             .disable_proxy()
@@ -153,6 +208,7 @@ impl Search {
         Ok(Self {
             client: Elasticsearch::new(transport),
             cfg: cfg.clone(),
+            limiter: Limiter::new(cfg.concurrency_bounds()),
         })
     }
 
@@ -160,11 +216,18 @@ impl Search {
         &self.cfg
     }
 
-    /// Checks the cluster answers; the error says how to start one.
+    /// The concurrency limit this process applies to search calls.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Checks the cluster answers; the error says how to start one. A health
+    /// check, so it neither waits for a concurrency slot nor backs off.
     pub async fn ping(&self) -> Result<(), SearchError> {
-        self.call::<serde::de::IgnoredAny>(Method::Get, "/", None, "ping")
-            .await
-            .map(|_| ())
+        let started = Instant::now();
+        let result = self.send::<IgnoredAny>(Method::Get, "/", None).await;
+        telemetry::search_latency("ping", started.elapsed(), result.is_ok());
+        result.map(|_| ())
     }
 
     /// Like [`ping`](Self::ping), with start-up advice.
@@ -178,24 +241,64 @@ impl Search {
         })
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// One search call under the concurrency limit. Overload (429, 503, a
+    /// timeout …) shrinks the limit and is tried again after a jittered
+    /// back-off, `search.backoff_attempts` times, before it is returned.
+    async fn call<T: Answer>(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
         op: &'static str,
     ) -> Result<T, SearchError> {
-        let started = Instant::now();
-        let result = self.call_inner(method, path, body).await;
-        telemetry::search_latency(op, started.elapsed(), result.is_ok());
-        result
+        self.call_with(method, path, body, op, self.cfg.backoff_attempts)
+            .await
     }
 
-    async fn call_inner<T: DeserializeOwned>(
+    async fn call_with<T: Answer>(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
+        op: &'static str,
+        attempts: u32,
+    ) -> Result<T, SearchError> {
+        let mut attempt = 0;
+        loop {
+            let permit = self.limiter.acquire().await;
+            let started = Instant::now();
+            let result = self.send::<T>(method, path, body.as_ref()).await;
+            let took = started.elapsed();
+            telemetry::search_latency(op, took, result.is_ok());
+            permit.finish(match &result {
+                Ok(_) => limiter::Outcome::Success(took),
+                Err(e) if e.is_overload() => limiter::Outcome::Overload,
+                Err(_) => limiter::Outcome::Neutral,
+            });
+            match result {
+                Err(e) if e.is_overload() && attempt < attempts => {
+                    attempt += 1;
+                    let wait =
+                        backoff_delay(attempt, self.cfg.backoff_initial, self.cfg.backoff_max);
+                    telemetry::search_backoff(op, e.class());
+                    tracing::debug!(operation = op, attempt, ?wait, error = %e, "The search cluster pushed back; trying again after a back-off.");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    telemetry::search_error(op, e.class());
+                    return Err(e);
+                }
+                Ok(answer) => return Ok(answer),
+            }
+        }
+    }
+
+    /// One HTTP exchange, classified.
+    async fn send<T: Answer>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
     ) -> Result<T, SearchError> {
         let res = self
             .client
@@ -204,80 +307,154 @@ impl Search {
                 path,
                 HeaderMap::new(),
                 None,
-                body.map(JsonBody::new),
+                body.cloned().map(JsonBody::new),
                 Some(self.cfg.timeout),
             )
             .await
-            .map_err(|e| SearchError::Unavailable(e.to_string()))?;
+            .map_err(|e| self.transport_error(path, &e))?;
         let status = res.status_code();
         if status.is_success() {
-            return res
-                .json::<T>()
-                .await
-                .map_err(|e| SearchError::Unavailable(format!("unreadable response: {e}")));
+            let answer = res.json::<T>().await.map_err(|e| {
+                if e.is_timeout() {
+                    self.transport_error(path, &e)
+                } else {
+                    SearchError::Unavailable(format!("{path}: unreadable response: {e}"))
+                }
+            })?;
+            return match answer.incomplete() {
+                Some(why) => Err(SearchError::Partial(format!("{path}: {why}"))),
+                None => Ok(answer),
+            };
         }
         let text = res.text().await.unwrap_or_default();
-        let short: String = text.chars().take(500).collect();
-        if status.as_u16() == 400 {
-            Err(SearchError::Rejected(format!("{status}: {short}")))
-        } else if status.as_u16() == 404 || status.as_u16() == 405 {
-            Err(SearchError::NotFound(format!("{path}: {status}: {short}")))
+        Err(classify(status.as_u16(), path, &text))
+    }
+
+    fn transport_error(&self, path: &str, e: &elasticsearch::Error) -> SearchError {
+        let mut text = e.to_string();
+        if let Ok(url) = Url::parse(&self.cfg.url) {
+            if let Some(p) = url.password().filter(|p| !p.is_empty()) {
+                text = text.replace(p, "***");
+            }
+        }
+        if e.is_timeout() {
+            SearchError::Overloaded(format!(
+                "{path}: no answer within {:?} (search.timeout): {text}",
+                self.cfg.timeout
+            ))
         } else {
-            Err(SearchError::Unavailable(format!(
-                "{path}: {status}: {short}"
-            )))
+            SearchError::Unavailable(format!("{path}: {text}"))
         }
     }
 
-    /// Documents matching `query`.
+    /// Documents matching `query` (exact: `track_total_hits`).
+    ///
+    /// Asked through `_search` with `size: 0` rather than `_count`: `_count`
+    /// accepts no `allow_partial_search_results` (Elasticsearch and osmem
+    /// refuse the parameter there with a 400).
     pub async fn count(&self, index: &str, query: &Value) -> Result<u64, SearchError> {
         let v: Value = self
             .call(
                 Method::Post,
-                &format!("/{index}/_count"),
-                Some(json!({ "query": query })),
+                &format!("/{index}/_search?{COMPLETE}"),
+                Some(json!({ "size": 0, "track_total_hits": true, "query": query })),
                 "count",
             )
             .await?;
-        v["count"]
-            .as_u64()
-            .ok_or_else(|| SearchError::Unavailable(format!("count response without count: {v}")))
+        let total = &v["hits"]["total"];
+        match (total["value"].as_u64(), total["relation"].as_str()) {
+            (Some(n), Some("eq") | None) => Ok(n),
+            _ => total.as_u64().ok_or_else(|| {
+                SearchError::Unavailable(format!("count answer without an exact total: {total}"))
+            }),
+        }
     }
 
-    /// Documents per `searchPartition` value, sorted by key (one `terms`
-    /// aggregation, size 1000).
+    /// Documents per `searchPartition` value, sorted by key, plus the
+    /// documents without one.
+    ///
+    /// A `composite` aggregation paged with `after` until every key is read
+    /// (a `terms` aggregation stops at its size and leaves the rest in
+    /// `sum_other_doc_count`), and a `missing` aggregation. A key that is not
+    /// an integer (`searchPartition` mapped as keyword, whose ranges would
+    /// not tile numerically), or no bucket at all while documents match, is
+    /// [`SearchError::Unsplittable`]: never an empty split.
     pub async fn partition_histogram(
         &self,
         index: &str,
         query: &Value,
-    ) -> Result<Vec<(i64, u64)>, SearchError> {
-        let body = json!({
-            "size": 0,
-            "track_total_hits": false,
-            "query": query,
-            "aggs": { "partitions": { "terms": {
-                "field": "searchPartition", "size": 1000, "order": { "_key": "asc" }
-            } } }
-        });
-        let v: Value = self
-            .call(
-                Method::Post,
-                &format!("/{index}/_search"),
-                Some(body),
-                "histogram",
-            )
-            .await?;
-        let buckets = v["aggregations"]["partitions"]["buckets"]
-            .as_array()
-            .ok_or_else(|| {
-                SearchError::Unavailable(format!("aggregation response without buckets: {v}"))
+    ) -> Result<Histogram, SearchError> {
+        let path = format!("/{index}/_search?{COMPLETE}");
+        let mut histogram = Histogram::default();
+        let mut total = 0;
+        let mut after: Option<Value> = None;
+        loop {
+            let mut composite = json!({
+                "size": HISTOGRAM_PAGE,
+                "sources": [ { "p": { "terms": { "field": "searchPartition", "order": "asc" } } } ]
+            });
+            let first = after.is_none();
+            if let Some(a) = &after {
+                composite["after"] = a.clone();
+            }
+            let mut body = json!({
+                "size": 0,
+                "track_total_hits": first,
+                "query": query,
+                "aggs": { "partitions": { "composite": composite } }
+            });
+            if first {
+                body["aggs"]["no_partition"] = json!({ "missing": { "field": "searchPartition" } });
+            }
+            let v: Value = self
+                .call(Method::Post, &path, Some(body), "histogram")
+                .await?;
+            let aggs = &v["aggregations"];
+            if first {
+                total = v["hits"]["total"]["value"].as_u64().unwrap_or(0);
+                histogram.missing =
+                    aggs["no_partition"]["doc_count"].as_u64().ok_or_else(|| {
+                        SearchError::Unavailable(format!(
+                            "aggregation answer without the missing count: {aggs}"
+                        ))
+                    })?;
+            }
+            let buckets = aggs["partitions"]["buckets"].as_array().ok_or_else(|| {
+                SearchError::Unavailable(format!("aggregation answer without buckets: {aggs}"))
             })?;
-        let mut out: Vec<(i64, u64)> = buckets
-            .iter()
-            .filter_map(|b| Some((b["key"].as_i64()?, b["doc_count"].as_u64()?)))
-            .collect();
-        out.sort_unstable();
-        Ok(out)
+            for b in buckets {
+                let key = &b["key"]["p"];
+                let Some(k) = key.as_i64() else {
+                    return Err(SearchError::Unsplittable(format!(
+                        "index {index}: searchPartition value {key} is not an integer \
+                         (is the field mapped as keyword?); its ranges cannot be split"
+                    )));
+                };
+                let n = b["doc_count"].as_u64().ok_or_else(|| {
+                    SearchError::Unavailable(format!("bucket without doc_count: {b}"))
+                })?;
+                histogram.buckets.push((k, n));
+            }
+            match aggs["partitions"].get("after_key") {
+                Some(key) if buckets.len() >= HISTOGRAM_PAGE => after = Some(key.clone()),
+                _ => break,
+            }
+        }
+        histogram.buckets.sort_unstable();
+        if histogram.total() == 0 {
+            return Err(if total > 0 {
+                SearchError::Unsplittable(format!(
+                    "index {index}: {total} documents match but the searchPartition histogram \
+                     has no bucket"
+                ))
+            } else {
+                // Matched at count time, gone now: a retry counts again.
+                SearchError::Unavailable(format!(
+                    "index {index}: the documents counted a moment ago no longer match"
+                ))
+            });
+        }
+        Ok(histogram)
     }
 
     async fn open_pit(&self, index: &str) -> Result<Option<String>, SearchError> {
@@ -313,7 +490,7 @@ impl Search {
             SearchFlavor::Opensearch => ("/_search/point_in_time", json!({ "pit_id": [pit] })),
         };
         if let Err(error) = self
-            .call::<serde::de::IgnoredAny>(Method::Delete, path, Some(body), "close_pit")
+            .call_with::<IgnoredAny>(Method::Delete, path, Some(body), "close_pit", 0)
             .await
         {
             tracing::debug!(%error, "Could not close a point in time; it expires by itself.");
@@ -321,97 +498,180 @@ impl Search {
     }
 
     /// Streams the content ids matching `query`, one page at a time, sorted by
-    /// `id` with `search_after`. Memory stays at one page whatever the result size.
+    /// `id` with `search_after`. Memory stays at one page whatever the result
+    /// size. The stream ends after its first error. Its point in time is
+    /// closed on every exit: the last page, an error, or the stream dropped
+    /// half-way (the close is then spawned).
     pub fn scan(
         &self,
         index: &str,
         query: Value,
-    ) -> impl Stream<Item = Result<Vec<i64>, SearchError>> + Send + 'static {
-        let search = self.clone();
-        let index = index.to_string();
-        let page_size = self.cfg.page_size;
-        let keep = format!("{}s", self.cfg.pit_keep_alive.as_secs().max(1));
-        struct State {
-            pit: Option<String>,
-            opened: bool,
-            after: Option<Value>,
-            done: bool,
-        }
-        let init = State {
-            pit: None,
+    ) -> impl Stream<Item = Result<Page, SearchError>> + Send + 'static {
+        let scan = Scan {
+            search: self.clone(),
+            index: index.to_string(),
+            query,
+            pit: PitGuard {
+                search: self.clone(),
+                id: None,
+            },
             opened: false,
             after: None,
             done: false,
         };
-        futures::stream::try_unfold(init, move |mut st| {
-            let search = search.clone();
-            let index = index.clone();
-            let query = query.clone();
-            let keep = keep.clone();
-            async move {
-                if st.done {
-                    return Ok(None);
+        futures::stream::unfold(scan, |mut scan| async move {
+            match scan.next_page().await {
+                Ok(Some(page)) => Some((Ok(page), scan)),
+                Ok(None) => None,
+                Err(e) => {
+                    scan.done = true;
+                    scan.pit.close().await;
+                    Some((Err(e), scan))
                 }
-                if !st.opened {
-                    st.pit = search.open_pit(&index).await?;
-                    st.opened = true;
-                }
-                let mut body = json!({
-                    "size": page_size,
-                    "_source": false,
-                    "track_total_hits": false,
-                    "query": query,
-                    "sort": [{ "id": "asc" }],
-                });
-                if let Some(after) = &st.after {
-                    body["search_after"] = after.clone();
-                }
-                let path = match &st.pit {
-                    Some(pit) => {
-                        body["pit"] = json!({ "id": pit, "keep_alive": keep });
-                        "/_search".to_string()
-                    }
-                    None => format!("/{index}/_search"),
-                };
-                let result = search
-                    .call(Method::Post, &path, Some(body), "scan_page")
-                    .await;
-                let page: ScanPage = match result {
-                    Ok(page) => page,
-                    Err(e) => {
-                        if let Some(pit) = &st.pit {
-                            search.close_pit(pit).await;
-                        }
-                        return Err(e);
-                    }
-                };
-                if let Some(new_pit) = page.pit_id {
-                    st.pit = Some(new_pit);
-                }
-                let hits = page.hits.hits;
-                let ids: Vec<i64> = hits
-                    .iter()
-                    .filter_map(|h| h.sort.first().and_then(Value::as_i64))
-                    .collect();
-                if ids.len() != hits.len() {
-                    return Err(SearchError::Unavailable(
-                        "a hit without a numeric `id` sort value".into(),
-                    ));
-                }
-                if hits.len() < page_size {
-                    st.done = true;
-                    if let Some(pit) = &st.pit {
-                        search.close_pit(pit).await;
-                    }
-                } else {
-                    st.after = hits.last().map(|h| Value::Array(h.sort.clone()));
-                }
-                if ids.is_empty() {
-                    return Ok(None);
-                }
-                Ok(Some((ids, st)))
             }
         })
+    }
+}
+
+/// Closes its point in time when dropped (by a spawned request), unless it
+/// was closed already.
+struct PitGuard {
+    search: Search,
+    id: Option<String>,
+}
+
+impl PitGuard {
+    async fn close(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.search.close_pit(&id).await;
+        }
+    }
+}
+
+impl Drop for PitGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let search = self.search.clone();
+                rt.spawn(async move { search.close_pit(&id).await });
+            }
+            Err(_) => {
+                tracing::debug!(
+                    "A scan was dropped outside a runtime; its point in time expires by itself."
+                );
+            }
+        }
+    }
+}
+
+/// The state of one [`Search::scan`].
+struct Scan {
+    search: Search,
+    index: String,
+    query: Value,
+    pit: PitGuard,
+    opened: bool,
+    /// The sort values of the last hit of the previous page.
+    after: Option<Vec<Value>>,
+    done: bool,
+}
+
+impl Scan {
+    fn request(&self) -> (String, Value) {
+        let cfg = &self.search.cfg;
+        let mut body = json!({
+            "size": cfg.page_size,
+            "_source": false,
+            "docvalue_fields": ["id"],
+            "track_total_hits": false,
+            "query": self.query,
+            "sort": [{ "id": { "order": "asc", "missing": "_last" } }],
+        });
+        match &self.pit.id {
+            Some(pit) => {
+                let keep = format!("{}s", cfg.pit_keep_alive.as_secs().max(1));
+                body["pit"] = json!({ "id": pit, "keep_alive": keep });
+                if let Some(after) = &self.after {
+                    body["search_after"] = json!(after);
+                }
+                (format!("/_search?{COMPLETE}"), body)
+            }
+            None => {
+                // Without a point in time the sort is `id` alone.
+                if let Some(after) = &self.after {
+                    body["search_after"] = json!(&after[..1.min(after.len())]);
+                }
+                (format!("/{}/_search?{COMPLETE}", self.index), body)
+            }
+        }
+    }
+
+    async fn next_page(&mut self) -> Result<Option<Page>, SearchError> {
+        if self.done {
+            return Ok(None);
+        }
+        if !self.opened {
+            self.pit.id = self.search.open_pit(&self.index).await?;
+            self.opened = true;
+        }
+        let mut reopened = false;
+        let page: ScanPage = loop {
+            let (path, body) = self.request();
+            match self
+                .search
+                .call(Method::Post, &path, Some(body), "scan_page")
+                .await
+            {
+                Ok(page) => break page,
+                // The point in time expired between two pages (a slow
+                // consumer, a long back-off): open another and go on from
+                // the same `search_after`. Once per page.
+                Err(SearchError::PitExpired(why)) if self.pit.id.is_some() && !reopened => {
+                    tracing::info!(index = %self.index, %why, "Point in time expired mid-scan; reopening and going on from the last page.");
+                    // Usually gone already; closing costs one request and
+                    // frees it if the server only lost track for a moment.
+                    self.pit.close().await;
+                    self.pit.id = self.search.open_pit(&self.index).await?;
+                    reopened = true;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if self.pit.id.is_some() {
+            if let Some(id) = page.pit_id {
+                self.pit.id = Some(id);
+            }
+        }
+        let hits = page.hits.hits;
+        let mut out = Page::default();
+        for h in &hits {
+            match h.content_id() {
+                Some(id) => out.ids.push(id),
+                None => out.missing_ids += 1,
+            }
+        }
+        if hits.len() < self.search.cfg.page_size {
+            self.done = true;
+            self.pit.close().await;
+        } else {
+            match hits
+                .last()
+                .map(|h| h.sort.clone())
+                .filter(|s| !s.is_empty())
+            {
+                Some(sort) => self.after = Some(sort),
+                None => {
+                    return Err(SearchError::Unavailable(
+                        "a full page whose last hit has no sort values; cannot page on".into(),
+                    ))
+                }
+            }
+        }
+        if hits.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(out))
     }
 }
 
@@ -419,71 +679,72 @@ impl Search {
 mod tests {
     use super::*;
 
-    fn ranges(g: &[PartitionGroup]) -> Vec<(Option<i64>, Option<i64>, u64)> {
-        g.iter().map(|g| (g.from, g.to, g.hits)).collect()
+    fn hit(v: Value) -> ScanHit {
+        serde_json::from_value(v).unwrap()
     }
 
     #[test]
-    fn the_spec_example_groups_without_passing_the_limit() {
-        let buckets = [(0, 2600), (1, 7000), (2, 500), (3, 1000), (4, 8900)];
-        let g = group_partitions(&buckets, 10_000);
-        // [min, 1], [2, 3], [4, max] — as half-open ranges.
-        assert_eq!(
-            ranges(&g),
-            vec![
-                (None, Some(2), 9600),
-                (Some(2), Some(4), 1500),
-                (Some(4), None, 8900)
-            ]
-        );
+    fn a_hit_yields_its_id_only_when_it_has_exactly_one_integer_id() {
+        let id = |v| hit(v).content_id();
+        assert_eq!(id(json!({"sort": [7], "fields": {"id": [7]}})), Some(7));
+        assert_eq!(id(json!({"sort": ["7"], "fields": {"id": ["7"]}})), Some(7));
+        // The sort value of a missing field is a placeholder, never an id.
+        assert_eq!(id(json!({"sort": [i64::MAX]})), None);
+        assert_eq!(id(json!({"sort": [1], "fields": {}})), None);
+        assert_eq!(id(json!({"sort": [1], "fields": {"id": [1, 2]}})), None);
+        assert_eq!(id(json!({"sort": [1.5], "fields": {"id": [1.5]}})), None);
+        assert_eq!(id(json!({"sort": ["x"], "fields": {"id": ["x"]}})), None);
     }
 
     #[test]
-    fn a_single_huge_bucket_stands_alone() {
-        let g = group_partitions(&[(0, 10), (1, 50_000), (2, 10)], 100);
-        assert_eq!(
-            ranges(&g),
-            vec![
-                (None, Some(1), 10),
-                (Some(1), Some(2), 50_000),
-                (Some(2), None, 10)
-            ]
+    fn a_page_with_a_failed_shard_or_a_timeout_is_incomplete() {
+        let page = |v: Value| -> ScanPage { serde_json::from_value(v).unwrap() };
+        let ok = page(json!({"_shards": {"total": 2, "failed": 0}, "hits": {"hits": []}}));
+        assert_eq!(ok.incomplete(), None);
+        let failed = page(json!({
+            "_shards": {"total": 2, "successful": 1, "failed": 1, "failures": [
+                {"shard": 1, "index": "i", "reason": {"type": "node_disconnected_exception", "reason": "gone"}}
+            ]},
+            "hits": {"hits": [{"sort": [1], "fields": {"id": [1]}}]}
+        }));
+        let why = failed.incomplete().unwrap();
+        assert!(
+            why.contains("1 of 2 shards failed") && why.contains("node_disconnected_exception"),
+            "{why}"
         );
+        let slow = page(json!({"timed_out": true, "hits": {"hits": []}}));
+        assert!(slow.incomplete().unwrap().contains("timed_out"));
+        // The generic answers (count, aggregations, point in time) too.
+        let v = json!({"_shards": {"total": 3, "failed": 2}, "count": 0});
+        assert!(v.incomplete().unwrap().contains("2 of 3"));
+        assert!(json!({"timed_out": true}).incomplete().is_some());
+        assert!(json!({"took": 1}).incomplete().is_none());
     }
 
     #[test]
-    fn groups_tile_the_domain_over_gaps() {
-        let g = group_partitions(&[(5, 60), (17, 60), (900, 60)], 100);
-        assert_eq!(
-            ranges(&g),
-            vec![
-                (None, Some(17), 60),
-                (Some(17), Some(900), 60),
-                (Some(900), None, 60)
-            ]
-        );
-        // Every possible value falls in exactly one group.
-        for v in -5..1200 {
-            let n = g
-                .iter()
-                .filter(|g| g.from.is_none_or(|f| v >= f) && g.to.is_none_or(|t| v < t))
-                .count();
-            assert_eq!(n, 1, "value {v}");
+    fn back_off_grows_with_jitter_and_stays_under_the_cap() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for attempt in 1..20 {
+            let exp = (initial * 2u32.pow((attempt - 1).min(10))).min(max);
+            for _ in 0..50 {
+                let d = backoff_delay(attempt, initial, max);
+                assert!(
+                    d >= exp / 2 && d <= exp,
+                    "attempt {attempt}: {d:?} vs {exp:?}"
+                );
+            }
         }
     }
 
     #[test]
-    fn nested_fields_get_a_nested_query() {
-        let q = terms_query("listings.merchantId", &[1, 2], Some("listings"));
-        assert_eq!(q["nested"]["path"], "listings");
-        assert_eq!(
-            q["nested"]["query"]["terms"]["listings.merchantId"],
-            json!([1, 2])
-        );
-        let r = with_partition_range(&q, None, Some(10));
-        assert_eq!(
-            r["bool"]["filter"][1]["range"]["searchPartition"],
-            json!({"lt": 10})
-        );
+    fn a_page_reads_as_its_ids() {
+        let p = Page {
+            ids: vec![1, 2],
+            missing_ids: 3,
+        };
+        assert_eq!(p.len(), 2);
+        assert_eq!(&p[..], &[1, 2]);
+        assert_eq!(p.into_iter().collect::<Vec<_>>(), vec![1, 2]);
     }
 }
