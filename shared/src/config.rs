@@ -186,6 +186,33 @@ pub struct SearchConfig {
     pub indices: BTreeMap<String, String>,
     /// Index for every index key not listed in `indices` (the international index).
     pub default_index: String,
+    /// A fixed number of concurrent search requests per process, for
+    /// benchmarking against a fixed limit; unset (the default), the limit
+    /// adapts between `concurrency_min` and `concurrency_max`.
+    pub concurrency: Option<usize>,
+    /// Fewest concurrent search requests per process the adaptive limit
+    /// shrinks to under overload (429, 503, timeouts, slow answers).
+    pub concurrency_min: usize,
+    /// Concurrent search requests per process at start-up.
+    pub concurrency_initial: usize,
+    /// Most concurrent search requests per process the adaptive limit grows
+    /// to while answers stay fast. Separate from `amqp.prefetch`: messages
+    /// beyond the limit wait for a slot instead of piling onto the cluster.
+    pub concurrency_max: usize,
+    /// A successful search answer slower than this counts as overload (the
+    /// limit halves); faster ones let it grow.
+    #[serde(with = "humantime_serde")]
+    pub concurrency_slow_after: Duration,
+    /// Times a search call the cluster pushed back on (429, 503, a timeout)
+    /// is tried again in place, after a jittered exponential back-off, before
+    /// its message takes the retry path.
+    pub backoff_attempts: u32,
+    /// First local back-off; each next one doubles, with jitter (half to all of it).
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest single local back-off.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
 }
 
 impl Default for SearchConfig {
@@ -201,11 +228,39 @@ impl Default for SearchConfig {
             page_size: 10_000,
             indices: BTreeMap::from([("trTR".to_string(), "content_tr".to_string())]),
             default_index: "content_intl".into(),
+            concurrency: None,
+            concurrency_min: 1,
+            concurrency_initial: 4,
+            concurrency_max: 16,
+            concurrency_slow_after: Duration::from_secs(5),
+            backoff_attempts: 3,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(5),
         }
     }
 }
 
 impl SearchConfig {
+    /// The bounds of the per-process concurrency limit: `concurrency` fixes
+    /// it, else it adapts within `concurrency_min..=concurrency_max`.
+    pub fn concurrency_bounds(&self) -> crate::search::limiter::Bounds {
+        let b = match self.concurrency {
+            Some(n) => crate::search::limiter::Bounds {
+                min: n,
+                initial: n,
+                max: n,
+                slow_after: self.concurrency_slow_after,
+            },
+            None => crate::search::limiter::Bounds {
+                min: self.concurrency_min,
+                initial: self.concurrency_initial,
+                max: self.concurrency_max,
+                slow_after: self.concurrency_slow_after,
+            },
+        };
+        b.normalised()
+    }
+
     /// The index that holds the documents of `key`.
     pub fn index_for(&self, key: IndexKey) -> &str {
         self.indices
@@ -535,6 +590,29 @@ impl Config {
         if self.search.page_size == 0 {
             return invalid("search.page_size", "must be at least 1");
         }
+        if self.search.concurrency == Some(0) {
+            return invalid(
+                "search.concurrency",
+                "must be at least 1 (or unset: adaptive)",
+            );
+        }
+        if self.search.concurrency_min == 0 {
+            return invalid("search.concurrency_min", "must be at least 1");
+        }
+        if self.search.concurrency_max < self.search.concurrency_min {
+            return invalid(
+                "search.concurrency_max",
+                "must be at least search.concurrency_min",
+            );
+        }
+        if !(self.search.concurrency_min..=self.search.concurrency_max)
+            .contains(&self.search.concurrency_initial)
+        {
+            return invalid(
+                "search.concurrency_initial",
+                "must be between search.concurrency_min and search.concurrency_max",
+            );
+        }
         if self.amqp.prefetch == 0 {
             return invalid("amqp.prefetch", "must be at least 1");
         }
@@ -846,6 +924,39 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.toml");
         let c = Config::load_from(Some(&path), vars(&[])).unwrap();
         assert_eq!(c.dispatcher.split_limit, 10_000);
+    }
+
+    #[test]
+    fn search_concurrency_adapts_by_default_and_can_be_fixed() {
+        let c = Config::load_from(None, vars(&[])).unwrap();
+        let b = c.search.concurrency_bounds();
+        assert_eq!((b.min, b.initial, b.max), (1, 4, 16));
+        assert_eq!(c.search.backoff_attempts, 3);
+        let c = Config::load_from(
+            None,
+            vars(&[
+                ("FLEET_SEARCH_CONCURRENCY", "6"),
+                ("FLEET_SEARCH_BACKOFF_INITIAL", "50ms"),
+            ]),
+        )
+        .unwrap();
+        let b = c.search.concurrency_bounds();
+        assert_eq!((b.min, b.initial, b.max), (6, 6, 6));
+        assert_eq!(c.search.backoff_initial, Duration::from_millis(50));
+        let err = Config::load_from(
+            None,
+            vars(&[
+                ("FLEET_SEARCH_CONCURRENCY_MIN", "8"),
+                ("FLEET_SEARCH_CONCURRENCY_MAX", "4"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("search.concurrency_max"), "{err}");
+        let err = Config::load_from(None, vars(&[("FLEET_SEARCH_CONCURRENCY", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("search.concurrency"), "{err}");
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 /// `# HELP` and units for every metric the fleet emits (promtool requires
 /// them; operators read them in Grafana's metric browser).
 fn describe() {
-    use metrics::{describe_counter, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "fleet_messages_total",
         "Messages that reached their end, by worker, queue and outcome (done, retried, parked, dead_lettered, returned, rejected)."
@@ -149,6 +149,26 @@ fn describe() {
         "Requests whose requestId an earlier, different request used; each was processed as its own request."
     );
     describe_counter!(
+        "fleet_hits_without_id_total",
+        "Search hits without a usable `id`: counted, never published, by worker."
+    );
+    describe_counter!(
+        "fleet_search_errors_total",
+        "Failed search calls, by operation and class (search_unavailable, search_overloaded, partial_results, …)."
+    );
+    describe_counter!(
+        "fleet_search_backoffs_total",
+        "Search calls retried in place after the cluster pushed back, by operation and class."
+    );
+    describe_gauge!(
+        "fleet_search_concurrency_limit",
+        "The adaptive bound on concurrent search requests of this process."
+    );
+    describe_gauge!(
+        "fleet_search_in_flight",
+        "Search requests of this process running now."
+    );
+    describe_counter!(
         "fleet_dedup_skipped_total",
         "Requests processed without de-duplication because Redis did not answer."
     );
@@ -169,6 +189,39 @@ pub fn ids_published(worker: &str, invalidation_type: &str, count: usize) {
 /// One search request and how long it took.
 pub fn search_latency(operation: &'static str, elapsed: Duration, ok: bool) {
     metrics::histogram!("fleet_search_latency_seconds", "operation" => operation, "ok" => if ok { "true" } else { "false" }).record(elapsed.as_secs_f64());
+}
+
+/// A search call that failed for good (after any local back-off), by error
+/// class: `search_unavailable`, `search_overloaded`, `partial_results`,
+/// `pit_expired`, `search_rejected`, `unsplittable`.
+pub fn search_error(operation: &'static str, class: &'static str) {
+    metrics::counter!("fleet_search_errors_total", "operation" => operation, "class" => class)
+        .increment(1);
+}
+
+/// A search call the cluster pushed back on, about to be tried again locally
+/// after a jittered back-off instead of going to the retry queue.
+pub fn search_backoff(operation: &'static str, class: &'static str) {
+    metrics::counter!("fleet_search_backoffs_total", "operation" => operation, "class" => class)
+        .increment(1);
+}
+
+/// The adaptive bound on concurrent search requests of this process, and
+/// how many run now.
+pub fn search_concurrency(limit: usize, in_flight: usize) {
+    metrics::gauge!("fleet_search_concurrency_limit").set(limit as f64);
+    metrics::gauge!("fleet_search_in_flight").set(in_flight as f64);
+}
+
+/// Hits of one request's scan that had no usable `id`: counted and reported,
+/// never published (SPEC §6, "never invented").
+pub fn hits_without_id(worker: &str, request_id: &str, index: &str, count: u64) {
+    if count == 0 {
+        return;
+    }
+    metrics::counter!("fleet_hits_without_id_total", "worker" => worker.to_string())
+        .increment(count);
+    tracing::warn!(%request_id, %index, count, "Search hits without a usable `id` were skipped, not published; check the index's documents.");
 }
 
 /// Hits of one finished partition task.

@@ -205,11 +205,19 @@ impl Dispatcher {
                 let origin = self.origin(v, key, time);
                 let mut sink = self.batcher.sink(max_in_flight);
                 let mut pages = std::pin::pin!(self.search.scan(&index, query));
+                let mut without_id = 0;
                 while let Some(page) = pages.next().await {
-                    let ids = page?;
-                    sink.push(&origin, &ids).await?;
+                    let page = page?;
+                    without_id += page.missing_ids;
+                    sink.push(&origin, &page.ids).await?;
                 }
                 sink.finish().await?;
+                telemetry::hits_without_id(
+                    &self.ctx.identity.worker,
+                    &v.request_id,
+                    &index,
+                    without_id,
+                );
             } else {
                 self.split(v, key, &index, &query, count, time).await?;
             }

@@ -49,7 +49,7 @@ impl Handler for PartitionWorker {
         }
         let _alive = job::Heartbeat::start(&self.ctx, &self.db, &task);
         match self.run(&task).await {
-            Ok(hits) => job::finish_task(&self.ctx, &self.db, &task, hits, 0).await,
+            Ok(s) => job::finish_task(&self.ctx, &self.db, &task, s.hits, s.without_id).await,
             Err(error) => {
                 // The row says where the message goes next, so the sweeper
                 // re-publishes neither a dead letter nor a waiting retry. A
@@ -70,9 +70,17 @@ impl Handler for PartitionWorker {
     }
 }
 
+/// What one task's scan did.
+struct Streamed {
+    /// Ids published (confirmed).
+    hits: u64,
+    /// Hits without a usable `id`: counted, never published (`jobs show`).
+    without_id: u64,
+}
+
 impl PartitionWorker {
-    /// Streams the task's ids out; returns how many were published.
-    async fn run(&self, task: &PartitionTask) -> Result<u64, HandlerError> {
+    /// Streams the task's ids out.
+    async fn run(&self, task: &PartitionTask) -> Result<Streamed, HandlerError> {
         let Some(rule) = self.ctx.config.dispatcher.fields.get(&task.parameter_name) else {
             return Err(HandlerError::permanent(
                 "forbidden_field",
@@ -102,11 +110,20 @@ impl PartitionWorker {
             .batcher
             .sink(self.ctx.config.partition.max_in_flight_batches);
         let mut pages = std::pin::pin!(self.search.scan(&index, query));
+        let mut without_id = 0;
         while let Some(page) = pages.next().await {
-            sink.push(&origin, &page?).await?;
+            let page = page?;
+            without_id += page.missing_ids;
+            sink.push(&origin, &page.ids).await?;
         }
         let hits = sink.finish().await?;
+        telemetry::hits_without_id(
+            &self.ctx.identity.worker,
+            &task.request_id,
+            &index,
+            without_id,
+        );
         telemetry::partition_hits(hits);
-        Ok(hits)
+        Ok(Streamed { hits, without_id })
     }
 }
