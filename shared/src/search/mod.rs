@@ -16,6 +16,7 @@ mod error;
 pub mod limiter;
 mod split;
 
+use crate::error::{Service, ServiceError};
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
@@ -198,13 +199,20 @@ pub struct Search {
 }
 
 impl Search {
-    pub fn new(cfg: &SearchConfig) -> anyhow::Result<Self> {
-        let url = Url::parse(&cfg.url)
-            .map_err(|e| anyhow::anyhow!("bad SEARCH_URL {:?}: {e}", redact(&cfg.url)))?;
+    pub fn new(cfg: &SearchConfig) -> Result<Self, ServiceError> {
+        // The URL is shown redacted: it may carry a password.
+        let bad = |e: &dyn std::fmt::Display| {
+            ServiceError::new(
+                Service::Search,
+                format!("bad SEARCH_URL {}: {e}", redact(&cfg.url)),
+            )
+        };
+        let url = Url::parse(&cfg.url).map_err(|e| bad(&e))?;
         let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(cfg.timeout)
             .disable_proxy()
-            .build()?;
+            .build()
+            .map_err(|e| bad(&e))?;
         Ok(Self {
             client: Elasticsearch::new(transport),
             cfg: cfg.clone(),
@@ -231,12 +239,15 @@ impl Search {
     }
 
     /// Like [`ping`](Self::ping), with start-up advice.
-    pub async fn check_startup(&self) -> anyhow::Result<()> {
+    pub async fn check_startup(&self) -> Result<(), ServiceError> {
         self.ping().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the search cluster at {}: {e}. Start one with `scripts/services.sh` \
-                 (osmem-server, development) or point SEARCH_URL at Elasticsearch.",
-                redact(&self.cfg.url)
+            ServiceError::new(
+                Service::Search,
+                format!(
+                    "cannot reach the search cluster at {}: {e}. Start one with `scripts/services.sh` \
+                     (osmem-server, development) or point SEARCH_URL at Elasticsearch.",
+                    redact(&self.cfg.url)
+                ),
             )
         })
     }
