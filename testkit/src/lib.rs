@@ -47,6 +47,19 @@ where
 }
 
 /// The identity test code publishes under.
+/// A loopback port nothing listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port on loopback")
+        .port()
+}
+
+/// An HTTP URL where nothing listens: every call is refused at once.
+pub fn refused_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
 pub fn identity() -> Identity {
     Identity::new("test")
 }

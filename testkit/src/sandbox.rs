@@ -136,6 +136,28 @@ impl Sandbox {
         env
     }
 
+    /// Like [`with`](Self::with), searching a private clone of the shared
+    /// test catalogue.
+    pub async fn with_catalogue(tweak: impl FnOnce(&mut Config)) -> Self {
+        let url = crate::catalogue_clone().await;
+        Self::with(|c| {
+            c.search.url = url;
+            tweak(c);
+        })
+        .await
+    }
+
+    /// Waits until some worker consumes `queue` (its topology applied and
+    /// its consumer attached), so a test can change the broker under it.
+    pub async fn consumed(&self, queue: &str) {
+        crate::eventually(Duration::from_secs(20), "a worker to consume", || async {
+            let ch = self.shared_channel().await;
+            let q = fleet_shared::broker::inspect_queue(ch, queue).await.ok()?;
+            (q.consumer_count() > 0).then_some(())
+        })
+        .await
+    }
+
     /// A test sandbox ([`test_config`]) with an empty vhost (no topology).
     pub async fn bare() -> Self {
         Self::open(&test_config(), "fleet-test")

@@ -73,26 +73,10 @@ async fn a_deleted_source_queue_is_declared_again_and_consumed_again() {
 async fn a_message_whose_retry_cannot_be_published_ends_in_the_dead_letter_queue_not_in_a_loop() {
     // Search refuses every call (a transient failure), and the retry
     // exchange is gone, so the retry copy can never be published.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let env = TestEnv::with(|c| c.search.url = format!("http://127.0.0.1:{port}")).await;
+    let env = TestEnv::with(|c| c.search.url = refused_url()).await;
     let fleet = env.start(&[WorkerKind::Dispatcher]);
     // Once the worker has applied the topology and consumes the lanes.
-    eventually(
-        Duration::from_secs(20),
-        "the dispatcher to consume",
-        || async {
-            let ch = env.shared_channel().await;
-            let q = fleet_shared::broker::inspect_queue(ch, names::FAST_LANE)
-                .await
-                .unwrap();
-            (q.consumer_count() > 0).then_some(())
-        },
-    )
-    .await;
+    env.consumed(names::FAST_LANE).await;
     env.shared_channel()
         .await
         .exchange_delete(

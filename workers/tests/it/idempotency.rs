@@ -10,15 +10,6 @@ use fleet_workers::app::WorkerKind;
 
 use crate::common::*;
 
-async fn env_with_catalogue(tweak: impl FnOnce(&mut fleet_shared::config::Config)) -> TestEnv {
-    let url = catalogue_clone().await;
-    TestEnv::with(|c| {
-        c.search.url = url;
-        tweak(c);
-    })
-    .await
-}
-
 fn request(t: &str, field: &str, ids: &[i64], keys: &[&str], request_id: Option<&str>) -> Vec<u8> {
     let mut r = serde_json::json!({
         "v": 1, "parameterIds": ids, "parameterName": field,
@@ -60,7 +51,7 @@ async fn drain_ids(env: &TestEnv, queue: &str, at_least: usize) -> Vec<i64> {
 
 #[tokio::test]
 async fn a_reused_request_id_with_other_content_is_processed_as_its_own_request() {
-    let env = env_with_catalogue(|_| {}).await;
+    let env = TestEnv::with_catalogue(|_| {}).await;
     let fleet = env.start(&[WorkerKind::Dispatcher]);
     let brand = expected_ids(|d| d.brand.id == 40);
     assert!(
@@ -103,7 +94,7 @@ async fn a_reused_request_id_with_other_content_is_processed_as_its_own_request(
 
 #[tokio::test]
 async fn two_split_requests_with_one_id_get_a_job_each() {
-    let env = env_with_catalogue(|_| {}).await;
+    let env = TestEnv::with_catalogue(|_| {}).await;
     let fleet = env.start(&[WorkerKind::Dispatcher, WorkerKind::Partition]);
     let category = expected_ids(|d| d.category.id == 1);
     let brand = expected_ids(|d| d.brand.id == 1);
@@ -162,7 +153,7 @@ async fn two_split_requests_with_one_id_get_a_job_each() {
 
 #[tokio::test]
 async fn a_request_without_an_id_redelivered_is_one_job_not_two() {
-    let env = env_with_catalogue(|_| {}).await;
+    let env = TestEnv::with_catalogue(|_| {}).await;
     let body = request("ASSORTMENT", "brand.id", &[1], &["trTR"], None);
     // The same message twice, as a redelivery after a crash would bring it.
     env.publish(names::REQUESTS, "assortment", &body).await;
@@ -256,11 +247,7 @@ async fn repeated_index_keys_run_once() {
 #[tokio::test]
 async fn without_redis_a_searching_request_goes_out_without_de_duplication() {
     // A Redis of this test's own, taken away once the workers run.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut redis = tokio::process::Command::new("redis-server")
         .args([
             "--port",
@@ -282,25 +269,9 @@ async fn without_redis_a_searching_request_goes_out_without_de_duplication() {
             .ok()
     })
     .await;
-    let url = catalogue_clone().await;
-    let env = TestEnv::with(|c| {
-        c.search.url = url;
-        c.redis.url = format!("redis://127.0.0.1:{port}");
-    })
-    .await;
+    let env = TestEnv::with_catalogue(|c| c.redis.url = format!("redis://127.0.0.1:{port}")).await;
     let fleet = env.start(&[WorkerKind::Dispatcher]);
-    eventually(
-        Duration::from_secs(20),
-        "the dispatcher to consume",
-        || async {
-            let ch = env.shared_channel().await;
-            let q = fleet_shared::broker::inspect_queue(ch, names::FAST_LANE)
-                .await
-                .unwrap();
-            (q.consumer_count() > 0).then_some(())
-        },
-    )
-    .await;
+    env.consumed(names::FAST_LANE).await;
     redis.kill().await.unwrap();
     let brand = expected_ids(|d| d.brand.id == 40);
     env.publish(

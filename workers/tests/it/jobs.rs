@@ -120,21 +120,9 @@ async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
     (url, handle)
 }
 
-/// A search URL where nothing listens: every call is refused at once.
-fn refused_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("http://127.0.0.1:{port}")
-}
-
 #[tokio::test]
 async fn a_job_whose_finisher_died_between_its_last_task_and_completion_still_completes_once() {
-    let url = catalogue_clone().await;
-    let env = TestEnv::with(|c: &mut Config| {
-        c.search.url = url;
+    let env = TestEnv::with_catalogue(|c: &mut Config| {
         c.sweeper.stall_after = Duration::from_millis(500);
     })
     .await;
@@ -189,9 +177,7 @@ async fn a_job_whose_finisher_died_between_its_last_task_and_completion_still_co
 
 #[tokio::test]
 async fn a_dead_lettered_task_ends_failed_and_the_sweeper_leaves_it_alone() {
-    let url = catalogue_clone().await;
-    let env = TestEnv::with(|c: &mut Config| {
-        c.search.url = url;
+    let env = TestEnv::with_catalogue(|c: &mut Config| {
         c.sweeper.stall_after = Duration::from_millis(800);
     })
     .await;

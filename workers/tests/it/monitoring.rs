@@ -8,14 +8,6 @@ use fleet_shared::topology::names;
 
 use crate::common::*;
 
-/// A port nothing listens on right now (bound, then released).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr()
-        .expect("a bound socket has an address")
-        .port()
-}
-
 /// The value of `metric{labels…}` in Prometheus text where every `(k, v)`
 /// of `want` is among the labels; `None` when no such series exists.
 fn sample(text: &str, metric: &str, want: &[(&str, &str)]) -> Option<f64> {

@@ -14,12 +14,7 @@ use fleet_workers::job;
 use crate::common::*;
 
 async fn env_with_catalogue(tweak: impl FnOnce(&mut fleet_shared::config::Config)) -> TestEnv {
-    let url = catalogue_clone().await;
-    TestEnv::with(|c| {
-        c.search.url = url;
-        tweak(c);
-    })
-    .await
+    TestEnv::with_catalogue(tweak).await
 }
 
 fn request(t: &str, field: &str, ids: &[i64], keys: &[&str], request_id: &str) -> Vec<u8> {
