@@ -339,3 +339,28 @@ async fn a_parked_task_is_marked_parked_and_jobs_show_says_how_to_replay_it() {
     assert!(stdout.contains("Left alone"), "{stdout}");
     assert_eq!(env.depth(names::PARTITIONS).await, 0, "resume leaves it");
 }
+
+#[tokio::test]
+async fn one_broken_job_does_not_stop_the_sweep_for_the_others() {
+    let env = TestEnv::with_catalogue(|c: &mut Config| {
+        c.sweeper.stall_after = Duration::from_millis(500);
+    })
+    .await;
+    let pool = env.db().await;
+    // Two jobs whose task messages were lost; the first one's stored
+    // request cannot be read back (a row written by a broken release).
+    let broken = seed_job(&pool, "broken-1", "brand.id", &[(None, None)]).await;
+    sqlx::query("UPDATE jobs SET request = '{\"not\": \"a request\"}' WHERE id = $1")
+        .bind(broken.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let fine = seed_job(&pool, "fine-1", "brand.id", &[(None, None)]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let sweep = sweeper(&env).await.sweep_once().await.unwrap().unwrap();
+    assert_eq!(sweep.failures, 1, "{sweep:?}");
+    assert_eq!(sweep.tasks_republished, 1, "the good job's task: {sweep:?}");
+    let tasks = env.take(names::PARTITIONS, 1, Duration::from_secs(5)).await;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].json()["jobId"], fine.id.to_string());
+}
