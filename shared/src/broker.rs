@@ -65,12 +65,29 @@ impl Identity {
 
 /// Hides the password of a URL for messages.
 pub fn redact(url: &str) -> String {
+    // A node list (`amqp://a,amqp://b`) is redacted node by node.
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     match reqwest::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
-        _ => url.to_string(),
+        Ok(_) => url.to_string(),
+        // Not a URL the parser takes (a typo, a stray bracket): mask whatever
+        // stands between `user:` and `@`, so even a broken URL never shows
+        // its password.
+        Err(_) => {
+            let start = url.find("://").map_or(0, |i| i + 3);
+            match url[start..].rfind('@').map(|at| start + at) {
+                Some(at) => match url[start..at].find(':') {
+                    Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+                    None => url.to_string(),
+                },
+                None => url.to_string(),
+            }
+        }
     }
 }
 

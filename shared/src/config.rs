@@ -559,6 +559,18 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration as it may be shown: every URL without its password.
+    pub fn redacted(&self) -> Config {
+        use crate::broker::redact;
+        let mut c = self.clone();
+        c.amqp.url = redact(&c.amqp.url);
+        c.amqp.management_url = redact(&c.amqp.management_url);
+        c.database.url = redact(&c.database.url);
+        c.redis.url = redact(&c.redis.url);
+        c.search.url = redact(&c.search.url);
+        c
+    }
+
     /// Records that `key` (`section.key`) was set by `from` (a flag, say).
     pub fn set_origin(&mut self, key: &str, from: &str) {
         self.origins.0.insert(key.to_string(), from.to_string());

@@ -247,12 +247,12 @@ impl Management {
     /// (`guest`/`guest` when it has none).
     pub fn new(url: &str) -> Result<Self, MgmtError> {
         let mut base = Url::parse(url).map_err(|e| MgmtError::BadUrl {
-            url: url.into(),
+            url: crate::broker::redact(url),
             reason: e.to_string(),
         })?;
         if base.cannot_be_a_base() {
             return Err(MgmtError::BadUrl {
-                url: url.into(),
+                url: crate::broker::redact(url),
                 reason: "not an http(s) URL".into(),
             });
         }
@@ -335,6 +335,39 @@ impl Management {
         self.send(Method::DELETE, &["vhosts", vhost], |r| r)
             .await
             .map(drop)
+    }
+
+    /// Creates (or updates) a user with a password and tags (`management`,
+    /// `administrator`, or none).
+    pub async fn put_user(&self, user: &str, password: &str, tags: &str) -> Result<(), MgmtError> {
+        self.put(
+            &["users", user],
+            &serde_json::json!({"password": password, "tags": tags}),
+        )
+        .await
+    }
+
+    /// Deletes a user.
+    pub async fn delete_user(&self, user: &str) -> Result<(), MgmtError> {
+        self.send(Method::DELETE, &["users", user], |r| r)
+            .await
+            .map(drop)
+    }
+
+    /// Sets `user`'s configure, write and read patterns on `vhost`.
+    pub async fn set_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> Result<(), MgmtError> {
+        self.put(
+            &["permissions", vhost, user],
+            &serde_json::json!({"configure": configure, "write": write, "read": read}),
+        )
+        .await
     }
 
     /// Gives `user` configure, write and read permissions on everything in `vhost`.

@@ -194,7 +194,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Catalogue(cmd) => catalogue::run(cmd).await,
         Command::Config => {
-            print!("{}", g.config()?.to_toml());
+            // Passwords never leave the process: the URLs are shown redacted.
+            print!("{}", g.config()?.redacted().to_toml());
             Ok(ExitCode::SUCCESS)
         }
     }

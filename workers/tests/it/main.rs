@@ -12,4 +12,5 @@ mod monitoring;
 mod operators;
 mod pipeline;
 mod search;
+mod secrets;
 mod topology;
