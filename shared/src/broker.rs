@@ -358,6 +358,13 @@ pub async fn queue_counts<S: AsRef<str>>(
 }
 
 /// Header names the fleet writes. Readers accept their absence.
+///
+/// Who may set what (SPEC §11, "Ingress hygiene"): the origin, counter and
+/// diagnosis headers are the fleet's own. On a queue producers feed (lanes,
+/// source queues) the runtime treats them as absent: the origin is the
+/// delivery's own exchange and routing key, the count starts again (unless
+/// the fleet itself returned the message, see [`counters_trusted`]), and
+/// what the producer sent is kept only as inert history ([`HISTORY`]).
 pub mod headers {
     pub const ERROR_CLASS: &str = "x-error-class";
     pub const ERROR_MESSAGE: &str = "x-error-message";
@@ -371,6 +378,142 @@ pub mod headers {
     pub const PARK_REASON: &str = "x-park-reason";
     pub const REPLAYED_AT: &str = "x-replayed-at";
     pub const REPLAY_COUNT: &str = "x-replay-count";
+    /// Milliseconds since the epoch from which the retry window counts when
+    /// that is later than the body's `invalidationTime`: stamped by `fleet
+    /// dlq replay --reset-retries`, kept on retry copies, copied onto the
+    /// partition tasks of a split request. The body is never rewritten.
+    pub const WINDOW_START: &str = "x-window-start";
+    /// Earlier diagnoses, newest first: an array of tables, each holding the
+    /// headers one failure (or the broker's `x-death`) had set, under their
+    /// own names. History is never read to decide anything.
+    pub const HISTORY: &str = "x-history";
+    /// The broker's record of its own dead-letterings (newest first).
+    pub const DEATH: &str = "x-death";
+
+    /// Where a message came from, as the fleet recorded it.
+    pub const ORIGIN: &[&str] = &[ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, ORIGINAL_QUEUE];
+    /// The retry counters.
+    pub const COUNTERS: &[&str] = &[ATTEMPTS, FIRST_FAILURE];
+    /// Why a message failed, as the fleet diagnosed it.
+    pub const DIAGNOSIS: &[&str] = &[
+        ERROR_CLASS,
+        ERROR_MESSAGE,
+        ERROR_WORKER,
+        ERROR_TIME,
+        PARK_REASON,
+    ];
+    /// Why the broker dead-lettered a message (it writes these itself).
+    pub const BROKER_DEATH: &[&str] = &[
+        DEATH,
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+    ];
+    /// History entries kept at most; older ones are dropped.
+    pub const HISTORY_LIMIT: usize = 10;
+}
+
+/// The AMQP user of `url` (the first node of a comma-separated list) when
+/// the connection authenticates with a user name and password; `None` for
+/// EXTERNAL (certificate) and ANONYMOUS authentication, whose user name the
+/// URL does not say. The broker checks a message's `user_id` property against the
+/// publishing connection's user, so `user_id` = this user proves the fleet
+/// published the message.
+pub fn amqp_user(url: &str) -> Option<String> {
+    use deadpool_lapin::lapin::uri::{AMQPUri, SASLMechanism};
+    let first = url.split(',').next().unwrap_or(url).trim();
+    let uri: AMQPUri = first.parse().ok()?;
+    match uri.query.auth_mechanism {
+        Some(SASLMechanism::External | SASLMechanism::Anonymous) => None,
+        _ => Some(uri.authority.userinfo.username),
+    }
+}
+
+/// Whether the counters of a delivery from a queue producers feed can be
+/// believed: only when the fleet itself published it, which the broker
+/// vouches for through the `user_id` property (RabbitMQ refuses a
+/// `user_id` other than the publishing connection's user). The retry
+/// handler stamps it on every message it returns to a lane, so attempts
+/// count across returns while a producer's own `x-retry-attempts` is ignored.
+pub fn counters_trusted(props: &BasicProperties, fleet_user: Option<&str>) -> bool {
+    match (props.user_id(), fleet_user) {
+        (Some(u), Some(f)) => u.as_str() == f,
+        _ => false,
+    }
+}
+
+/// Moves the headers of `received` named in `moved` (when present) into one
+/// new entry at the head of [`headers::HISTORY`] (keeping at most
+/// [`headers::HISTORY_LIMIT`] entries), then sets `set`. What a message
+/// carried is never lost and never read again as current.
+pub fn supersede(
+    received: Option<&FieldTable>,
+    moved: &[&str],
+    set: &[(&str, HeaderValue)],
+) -> FieldTable {
+    let mut map: BTreeMap<ShortString, AMQPValue> =
+        received.map(|t| t.inner().clone()).unwrap_or_default();
+    let mut entry: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
+    for name in moved {
+        if let Some(v) = map.remove(*name) {
+            entry.insert((*name).into(), v);
+        }
+    }
+    if !entry.is_empty() {
+        let mut history = vec![AMQPValue::FieldTable(FieldTable::from(entry))];
+        if let Some(AMQPValue::FieldArray(old)) = map.remove(headers::HISTORY) {
+            history.extend(old.as_slice().iter().cloned());
+        }
+        history.truncate(headers::HISTORY_LIMIT);
+        map.insert(
+            headers::HISTORY.into(),
+            AMQPValue::FieldArray(history.into()),
+        );
+    }
+    with_headers(Some(&FieldTable::from(map)), set)
+}
+
+/// The tables of an array header (`x-history`, `x-death`), newest first.
+pub fn header_tables(table: Option<&FieldTable>, key: &str) -> Vec<FieldTable> {
+    match table.and_then(|t| t.inner().get(key)) {
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .filter_map(|v| match v {
+                AMQPValue::FieldTable(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A header value as JSON: strings as strings, tables as objects, arrays as
+/// arrays, timestamps as seconds.
+pub fn value_json(v: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        AMQPValue::FieldTable(t) => Value::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), value_json(v)))
+                .collect(),
+        ),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::LongLongInt(i) => Value::from(*i),
+        AMQPValue::LongInt(i) => Value::from(*i),
+        AMQPValue::LongUInt(i) => Value::from(*i),
+        AMQPValue::ShortInt(i) => Value::from(*i),
+        AMQPValue::ShortUInt(i) => Value::from(*i),
+        AMQPValue::ShortShortInt(i) => Value::from(*i),
+        AMQPValue::ShortShortUInt(i) => Value::from(*i),
+        AMQPValue::Timestamp(t) => Value::from(*t),
+        AMQPValue::Void => Value::Null,
+        other => value_text(other)
+            .map(Value::String)
+            .unwrap_or_else(|| Value::String(format!("{other:?}"))),
+    }
 }
 
 /// A header value as text: strings arrive as bytes, numbers as numbers.
@@ -402,12 +545,12 @@ pub fn header_i64(table: Option<&FieldTable>, key: &str) -> Option<i64> {
     header_text(table, key)?.parse().ok()
 }
 
-/// Every header as `name → text` (nested tables and arrays as JSON-ish text).
+/// Every header as `name → text` (nested tables and arrays as JSON text).
 pub fn headers_map(table: Option<&FieldTable>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(t) = table {
         for (k, v) in t.inner() {
-            let text = value_text(v).unwrap_or_else(|| format!("{v:?}"));
+            let text = value_text(v).unwrap_or_else(|| value_json(v).to_string());
             out.insert(k.as_str().to_string(), text);
         }
     }
@@ -450,5 +593,87 @@ impl From<String> for HeaderValue {
 impl From<i64> for HeaderValue {
     fn from(i: i64) -> Self {
         HeaderValue::Int(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_diagnosis_moves_the_old_one_into_history() {
+        let first = with_headers(
+            None,
+            &[
+                (headers::ERROR_CLASS, "search_unavailable".into()),
+                (headers::PARK_REASON, "retry_window_exceeded: 3h".into()),
+                ("x-keep", "kept".into()),
+            ],
+        );
+        let second = supersede(
+            Some(&first),
+            headers::DIAGNOSIS,
+            &[(headers::ERROR_CLASS, "forbidden_field".into())],
+        );
+        assert_eq!(
+            header_text(Some(&second), headers::ERROR_CLASS).as_deref(),
+            Some("forbidden_field")
+        );
+        assert_eq!(header_text(Some(&second), headers::PARK_REASON), None);
+        assert_eq!(
+            header_text(Some(&second), "x-keep").as_deref(),
+            Some("kept")
+        );
+        let history = header_tables(Some(&second), headers::HISTORY);
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            header_text(Some(&history[0]), headers::PARK_REASON).as_deref(),
+            Some("retry_window_exceeded: 3h")
+        );
+        // Newest first, and bounded.
+        let mut t = second;
+        for i in 0..20 {
+            t = supersede(
+                Some(&t),
+                headers::DIAGNOSIS,
+                &[(headers::ERROR_CLASS, format!("class{i}").into())],
+            );
+        }
+        let history = header_tables(Some(&t), headers::HISTORY);
+        assert_eq!(history.len(), headers::HISTORY_LIMIT);
+        assert_eq!(
+            header_text(Some(&history[0]), headers::ERROR_CLASS).as_deref(),
+            Some("class18")
+        );
+        // Nothing to move: no empty entry.
+        let plain = supersede(None, headers::DIAGNOSIS, &[("x-a", "b".into())]);
+        assert!(header_tables(Some(&plain), headers::HISTORY).is_empty());
+        let json = value_json(plain.inner().get("x-a").unwrap());
+        assert_eq!(json, serde_json::json!("b"));
+        let shown = headers_map(Some(&t));
+        assert!(shown[headers::HISTORY].starts_with("[{"), "{shown:?}");
+    }
+
+    #[test]
+    fn the_fleet_user_comes_from_the_url_and_vouches_for_counters() {
+        assert_eq!(
+            amqp_user("amqp://fleet:secret@h:5672/v").as_deref(),
+            Some("fleet")
+        );
+        assert_eq!(amqp_user("amqp://h:5672/v").as_deref(), Some("guest"));
+        assert_eq!(
+            amqp_user("amqp://a:b@n1:5672/v,amqp://a:b@n2:5672/v").as_deref(),
+            Some("a")
+        );
+        assert_eq!(amqp_user("amqps://h:5671/v?auth_mechanism=external"), None);
+        let ours = BasicProperties::default().with_user_id("fleet".into());
+        let theirs = BasicProperties::default().with_user_id("pricing".into());
+        assert!(counters_trusted(&ours, Some("fleet")));
+        assert!(!counters_trusted(&theirs, Some("fleet")));
+        assert!(!counters_trusted(
+            &BasicProperties::default(),
+            Some("fleet")
+        ));
+        assert!(!counters_trusted(&ours, None));
     }
 }

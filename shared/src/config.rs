@@ -276,11 +276,26 @@ pub struct RetryConfig {
     /// TTL of the retry delay queue: how long a failed message waits before it is tried again.
     #[serde(with = "humantime_serde")]
     pub delay: Duration,
-    /// A message whose `invalidationTime` is older than this is parked instead of retried.
+    /// A message whose window start (its `invalidationTime`, or the later
+    /// `x-window-start` an operator's `dlq replay --reset-retries` stamps)
+    /// is older than this is parked instead of retried.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// Optional cap on attempts; a message that failed this many times is parked early.
+    /// Cap on attempts: a message that failed this many times is parked even
+    /// inside its window, so nothing (a forged or skewed time, a window that
+    /// keeps being reset) retries forever. The default, 20, is above the
+    /// 13 attempts the default 2-hour window allows at the 10-minute delay
+    /// (one at first sight, then one per delay), so with the defaults the
+    /// window decides and the cap only stops loops. Must be at least 1; a
+    /// large number is no practical cap.
     pub max_attempts: Option<u32>,
+    /// How far a producer's clock may be ahead of ours, and how long a
+    /// retried message may wait on its lane, when judging whether an
+    /// `invalidationTime` is sane: one more than this in the future, or whose
+    /// window started more than `window + clock_slack` ago, is refused as
+    /// `bad_invalidation_time` where it enters the fleet (dispatcher, ingest).
+    #[serde(with = "humantime_serde")]
+    pub clock_slack: Duration,
 }
 
 impl Default for RetryConfig {
@@ -288,7 +303,8 @@ impl Default for RetryConfig {
         Self {
             delay: Duration::from_secs(600),
             window: Duration::from_secs(7200),
-            max_attempts: None,
+            max_attempts: Some(20),
+            clock_slack: Duration::from_secs(300),
         }
     }
 }
@@ -439,6 +455,12 @@ pub struct WorkerConfig {
     pub metrics_listen: String,
     /// Apply the topology at start-up (idempotent declares).
     pub apply_topology: bool,
+    /// Largest message body a worker accepts, in bytes. A larger one is
+    /// dead-lettered as `body_too_large` before it is decoded, so one
+    /// producer's mistake cannot make every worker parse megabytes. The
+    /// default (1 MiB) is far above the largest legitimate message (a
+    /// request with `dispatcher.max_ids` ids is about 200 KB).
+    pub max_body_bytes: usize,
 }
 
 impl Default for WorkerConfig {
@@ -447,6 +469,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(20),
             metrics_listen: "127.0.0.1:9464".into(),
             apply_topology: true,
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -630,6 +653,15 @@ impl Config {
         }
         if self.retry.delay.is_zero() {
             return invalid("retry.delay", "must be longer than zero");
+        }
+        if self.retry.max_attempts == Some(0) {
+            return invalid(
+                "retry.max_attempts",
+                "must be at least 1 (a large number is no practical cap)",
+            );
+        }
+        if self.worker.max_body_bytes == 0 {
+            return invalid("worker.max_body_bytes", "must be at least 1");
         }
         for (name, rule) in &self.dispatcher.fields {
             if rule.nested && rule.path.is_none() {
@@ -815,6 +847,12 @@ mod tests {
         let c = Config::load_from(None, vars(&[])).unwrap();
         assert_eq!(c.retry.delay, Duration::from_secs(600));
         assert_eq!(c.retry.window, Duration::from_secs(7200));
+        // The default cap leaves room for every attempt the window allows.
+        let max = c.retry.max_attempts.expect("attempts have a default cap");
+        let window_allows = c.retry.window.as_secs() / c.retry.delay.as_secs() + 1;
+        assert!(u64::from(max) > window_allows, "{max} <= {window_allows}");
+        assert_eq!(c.retry.clock_slack, Duration::from_secs(300));
+        assert_eq!(c.worker.max_body_bytes, 1024 * 1024);
         assert_eq!(c.dispatcher.split_limit, 10_000);
         assert_eq!(c.dispatcher.batch_size, 1000);
         assert_eq!(c.ingest.critical_stock, 3);

@@ -92,6 +92,9 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub event_published_at: Option<DateTime<Utc>>,
+    /// The `x-window-start` of the request that created (or re-created) the
+    /// job, when it was replayed with a reset: its tasks carry it.
+    pub window_start: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -209,6 +212,25 @@ pub async fn create_job(
     }
     tx.commit().await?;
     pending_tasks(pool, job.id).await
+}
+
+/// Records that a job's request came with a window start (a reset replay)
+/// and returns the job's window start: the later of the stored one and
+/// `window_start` (`None` keeps the stored one).
+pub async fn widen_job_window(
+    pool: &PgPool,
+    job: Uuid,
+    window_start: Option<i64>,
+) -> sqlx::Result<Option<i64>> {
+    let row: Option<(Option<i64>,)> = sqlx::query_as(
+        "UPDATE jobs SET window_start = GREATEST(window_start, $2) WHERE id = $1
+         RETURNING window_start",
+    )
+    .bind(job)
+    .bind(window_start)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(w,)| w))
 }
 
 /// The tasks of a job that may still run by themselves (pending, running, retrying);
@@ -500,10 +522,80 @@ pub struct Replay {
     pub started_at: DateTime<Utc>,
 }
 
+/// How a replay run stands (the `replays.state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayState {
+    /// Started and not ended; a row that stays so belongs to a run that died.
+    Running,
+    /// Examined everything it was asked to.
+    Finished,
+    /// Stopped by the operator (Ctrl-C, SIGTERM).
+    Interrupted,
+    /// Stopped by errors (the queue unreadable, publishes failing).
+    Failed,
+}
+
+impl ReplayState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayState::Running => "running",
+            ReplayState::Finished => "finished",
+            ReplayState::Interrupted => "interrupted",
+            ReplayState::Failed => "failed",
+        }
+    }
+}
+
+/// Puts a replay on record as it starts (`running`, no `finished_at`);
+/// returns its id for [`replay_progress`] and [`finish_replay`].
+pub async fn start_replay(pool: &PgPool, r: &Replay) -> sqlx::Result<i64> {
+    insert_replay(pool, r, ReplayState::Running).await
+}
+
+/// Records how far a running replay got.
+pub async fn replay_progress(pool: &PgPool, id: i64, moved: i32, kept: i32) -> sqlx::Result<()> {
+    sqlx::query("UPDATE replays SET moved = $2, kept = $3, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(moved)
+        .bind(kept)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records how a replay ended.
+pub async fn finish_replay(
+    pool: &PgPool,
+    id: i64,
+    moved: i32,
+    kept: i32,
+    state: ReplayState,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE replays SET moved = $2, kept = $3, state = $4, updated_at = now(), finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(moved)
+    .bind(kept)
+    .bind(state.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records a replay that already ran, in one go (`finished`).
 pub async fn record_replay(pool: &PgPool, r: &Replay) -> sqlx::Result<i64> {
+    insert_replay(pool, r, ReplayState::Finished).await
+}
+
+async fn insert_replay(pool: &PgPool, r: &Replay, state: ReplayState) -> sqlx::Result<i64> {
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO replays (queue, target, filter, operator, host, dry_run, moved, kept, started_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        "INSERT INTO replays (queue, target, filter, operator, host, dry_run, moved, kept, started_at,
+                              state, updated_at, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(),
+                 CASE WHEN $10 = 'running' THEN NULL ELSE now() END)
+         RETURNING id",
     )
     .bind(&r.queue)
     .bind(&r.target)
@@ -514,6 +606,7 @@ pub async fn record_replay(pool: &PgPool, r: &Replay) -> sqlx::Result<i64> {
     .bind(r.moved)
     .bind(r.kept)
     .bind(r.started_at)
+    .bind(state.as_str())
     .fetch_one(pool)
     .await?;
     Ok(id)

@@ -18,5 +18,6 @@ pub mod search;
 pub mod source;
 pub mod telemetry;
 pub mod topology;
+pub mod window;
 
 pub use deadpool_lapin::lapin;

@@ -7,6 +7,17 @@
 //! returned to the broker unacked (shutdown timeout, lost connection, or a
 //! failure path that itself could not publish). Nothing is acked before its
 //! outputs are confirmed; nothing is dropped.
+//!
+//! Ingress hygiene (SPEC §11): the origin, counter and diagnosis headers
+//! are the fleet's own. Only on the queues the fleet itself feeds
+//! ([`fleet_fed`]: the retry-ready and partition queues) are they read as
+//! they arrive; on every other queue the origin of a failure is the
+//! delivery's own exchange and routing key and the count starts again
+//! (unless the broker vouches that the fleet published the message, see
+//! [`broker::counters_trusted`]). Every failure copy records a new
+//! diagnosis; what the message carried before moves into `x-history`.
+//! Bodies over `worker.max_body_bytes` are dead-lettered before any handler
+//! decodes them.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +37,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::broker::{
-    self, header_i64, header_text, headers, with_headers, HeaderValue, Identity, Outgoing,
-    PublishError, Publisher,
+    self, counters_trusted, header_i64, header_text, headers, supersede, HeaderValue, Identity,
+    Outgoing, PublishError, Publisher,
 };
 use crate::config::Config;
 use crate::message::now_millis;
@@ -152,6 +163,9 @@ impl Incoming {
         self.delivery.properties.headers().as_ref()
     }
 
+    /// A header as received. On a queue producers feed (see [`fleet_fed`])
+    /// the origin, counter and diagnosis headers are the producer's, not
+    /// the fleet's: the failure paths do not believe them, nor should a handler.
     pub fn header(&self, key: &str) -> Option<String> {
         header_text(self.headers(), key)
     }
@@ -476,24 +490,36 @@ pub fn record_task(request_id: &str, job_id: &uuid::Uuid, task: i32) {
 /// Runs the handler and takes the delivery down exactly one path.
 async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
     let started = std::time::Instant::now();
+    let max_body = ctx.config.worker.max_body_bytes;
     // A bug that panics in a handler must not strand the delivery unacked
     // until the connection drops: it takes the transient path instead, and
     // is parked once the retry window is over.
-    let result = match std::panic::AssertUnwindSafe(handler.handle(&msg))
-        .catch_unwind()
-        .await
-    {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(HandlerError::transient(
-                "panic",
-                format!("handler panicked: {what}"),
-            ))
+    let result = if msg.body().len() > max_body {
+        // Refused before any handler decodes it.
+        Err(HandlerError::permanent(
+            "body_too_large",
+            format!(
+                "the body has {} bytes; at most {max_body} are accepted (worker.max_body_bytes)",
+                msg.body().len()
+            ),
+        ))
+    } else {
+        match std::panic::AssertUnwindSafe(handler.handle(&msg))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(HandlerError::transient(
+                    "panic",
+                    format!("handler panicked: {what}"),
+                ))
+            }
         }
     };
     let ack = AckOnce {
@@ -560,13 +586,66 @@ async fn settle_failed(msg: &Incoming, ack: &AckOnce) -> &'static str {
     }
 }
 
-fn error_headers(
+/// Whether `queue` is fed only by the fleet itself — the retry-ready queue
+/// (the delay queue's expiries) and the partition queue (the job module's
+/// task messages) — so that the fleet-only headers of its deliveries were
+/// written by the fleet. Every other queue (lanes, source queues, anything
+/// producers publish to) is not.
+pub fn fleet_fed(queue: &str) -> bool {
+    queue == names::RETRY_READY || queue == names::PARTITIONS
+}
+
+/// The AMQP user the fleet publishes as (see [`broker::amqp_user`]).
+pub fn fleet_user(ctx: &Context) -> Option<String> {
+    broker::amqp_user(&ctx.config.amqp.url)
+}
+
+/// Which of a delivery's fleet-only headers the runtime believes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Belief {
+    /// `x-original-*` (and the diagnosis): only from a fleet-fed queue.
+    origin: bool,
+    /// `x-retry-attempts`, `x-first-failure-time`: from a fleet-fed queue,
+    /// or on a message the broker vouches the fleet published.
+    counters: bool,
+}
+
+fn belief(ctx: &Context, msg: &Incoming) -> Belief {
+    if fleet_fed(&msg.queue) {
+        return Belief {
+            origin: true,
+            counters: true,
+        };
+    }
+    Belief {
+        origin: false,
+        counters: counters_trusted(&msg.delivery.properties, fleet_user(ctx).as_deref()),
+    }
+}
+
+/// The headers of a failure copy (dead letter or retry): this failure's
+/// diagnosis and origin, and for a retry its counters. The diagnosis the
+/// message carried (`x-error-*`, `x-park-reason`, the broker's `x-death`)
+/// and whatever fleet-only header is not believed move into `x-history`
+/// first, so list, peek and filters only ever read this failure.
+fn failure_headers(
     ctx: &Context,
     msg: &Incoming,
     class: &str,
     message: &str,
-) -> Vec<(&'static str, HeaderValue)> {
-    let mut set: Vec<(&'static str, HeaderValue)> = vec![
+    retry: Option<Option<i64>>,
+) -> FieldTable {
+    let b = belief(ctx, msg);
+    let received = msg.headers();
+    let mut moved: Vec<&str> = headers::DIAGNOSIS.to_vec();
+    moved.extend_from_slice(headers::BROKER_DEATH);
+    if !b.origin {
+        moved.extend_from_slice(headers::ORIGIN);
+    }
+    if !b.counters {
+        moved.extend_from_slice(headers::COUNTERS);
+    }
+    let mut set: Vec<(&str, HeaderValue)> = vec![
         (headers::ERROR_CLASS, class.into()),
         (headers::ERROR_MESSAGE, truncate(message, 1000).into()),
         (headers::ERROR_WORKER, ctx.identity.label().into()),
@@ -574,8 +653,9 @@ fn error_headers(
         (headers::ORIGINAL_QUEUE, msg.queue.clone().into()),
     ];
     // Keep the first origin: a message that already went through the retry
-    // path must go back to where it originally came from.
-    if msg.header(headers::ORIGINAL_EXCHANGE).is_none() {
+    // path must go back to where it originally came from. From a queue
+    // producers feed, the origin is always the delivery's own.
+    if !(b.origin && header_text(received, headers::ORIGINAL_EXCHANGE).is_some()) {
         set.push((
             headers::ORIGINAL_EXCHANGE,
             msg.delivery.exchange.as_str().into(),
@@ -585,7 +665,34 @@ fn error_headers(
             msg.delivery.routing_key.as_str().into(),
         ));
     }
-    set
+    if let Some(invalidation_time) = retry {
+        let now = now_millis();
+        let counted = |key| b.counters.then(|| header_i64(received, key)).flatten();
+        // A negative count is nonsense; count from zero.
+        let attempts = counted(headers::ATTEMPTS)
+            .unwrap_or(0)
+            .max(0)
+            .saturating_add(1);
+        let first_failure = counted(headers::FIRST_FAILURE)
+            .or(invalidation_time)
+            .unwrap_or(now);
+        set.push((headers::ATTEMPTS, attempts.into()));
+        set.push((headers::FIRST_FAILURE, first_failure.into()));
+    }
+    supersede(received, &moved, &set)
+}
+
+/// The headers of a parked copy: the park reason joins the current
+/// diagnosis (the `x-error-*` of the failure that was retried until now);
+/// an earlier park reason and the broker's `x-death` move into `x-history`.
+pub fn park_headers(msg: &Incoming, reason: &str) -> FieldTable {
+    let mut moved = vec![headers::PARK_REASON];
+    moved.extend_from_slice(headers::BROKER_DEATH);
+    supersede(
+        msg.headers(),
+        &moved,
+        &[(headers::PARK_REASON, reason.into())],
+    )
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -599,21 +706,55 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn copy_properties(p: &BasicProperties, headers: FieldTable) -> BasicProperties {
+/// A copy of a message's properties with `headers`, persistent. Every other
+/// property (content type and encoding, correlation id, reply-to, priority,
+/// message id, timestamp, type, app id, cluster id) is kept, except two the
+/// broker would act on: `expiration` (it would drop a dead letter, or cut
+/// the retry delay short) and a `user_id` other than `publisher_user` (the
+/// broker refuses a message whose `user_id` is not the publishing
+/// connection's user).
+pub fn copy_properties(
+    p: &BasicProperties,
+    headers: FieldTable,
+    publisher_user: Option<&str>,
+) -> BasicProperties {
     let mut out = BasicProperties::default()
         .with_delivery_mode(2)
         .with_headers(headers);
-    if let Some(ct) = p.content_type() {
-        out = out.with_content_type(ct.clone());
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
     }
-    if let Some(id) = p.message_id() {
-        out = out.with_message_id(id.clone());
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
     }
-    if let Some(ts) = p.timestamp() {
-        out = out.with_timestamp(*ts);
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
     }
-    if let Some(app) = p.app_id() {
-        out = out.with_app_id(app.clone());
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id() {
+        if publisher_user == Some(v.as_str()) {
+            out = out.with_user_id(v.clone());
+        }
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
     }
     out
 }
@@ -625,9 +766,8 @@ pub async fn dead_letter(
     class: &str,
     message: &str,
 ) -> Result<(), PublishError> {
-    let set = error_headers(ctx, msg, class, message);
-    let table = with_headers(msg.headers(), &set);
-    let props = copy_properties(&msg.delivery.properties, table);
+    let table = failure_headers(ctx, msg, class, message, None);
+    let props = copy_properties(&msg.delivery.properties, table, fleet_user(ctx).as_deref());
     ctx.publisher
         .publish(Outgoing {
             exchange: names::DLX,
@@ -640,7 +780,8 @@ pub async fn dead_letter(
 }
 
 /// Transient failure: to the retry delay queue with `invalidationTime` set if
-/// absent and the attempt counter incremented.
+/// absent and the attempt counter incremented. `x-window-start`, if any, is
+/// kept: the retry handler's window counts from it.
 pub async fn send_to_retry(
     ctx: &Context,
     msg: &Incoming,
@@ -648,18 +789,10 @@ pub async fn send_to_retry(
     message: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(), PublishError> {
-    let now = now_millis();
     let body = body.unwrap_or_else(|| msg.body().to_vec());
-    let (body, invalidation_time) = stamp_invalidation_time(&body, now);
-    let attempts = header_i64(msg.headers(), headers::ATTEMPTS).unwrap_or(0) + 1;
-    let first_failure = header_i64(msg.headers(), headers::FIRST_FAILURE)
-        .or(invalidation_time)
-        .unwrap_or(now);
-    let mut set = error_headers(ctx, msg, class, message);
-    set.push((headers::ATTEMPTS, attempts.into()));
-    set.push((headers::FIRST_FAILURE, first_failure.into()));
-    let table = with_headers(msg.headers(), &set);
-    let props = copy_properties(&msg.delivery.properties, table);
+    let (body, invalidation_time) = stamp_invalidation_time(&body, now_millis());
+    let table = failure_headers(ctx, msg, class, message, Some(invalidation_time));
+    let props = copy_properties(&msg.delivery.properties, table, fleet_user(ctx).as_deref());
     ctx.publisher
         .publish(Outgoing {
             exchange: names::RETRY_EXCHANGE,
@@ -675,9 +808,12 @@ pub async fn send_to_retry(
 /// the body to send and the message's invalidation time, if it has one.
 pub fn stamp_invalidation_time(body: &[u8], now: i64) -> (Vec<u8>, Option<i64>) {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(mut map)) => match map.get("invalidationTime").and_then(Value::as_i64) {
-            Some(t) => (body.to_vec(), Some(t)),
-            None => {
+        Ok(Value::Object(mut map)) => match map.get("invalidationTime") {
+            Some(Value::Number(n)) => (body.to_vec(), n.as_i64()),
+            // Something the producer wrote that is not a time: leave it
+            // alone (the body is theirs); the first-failure header counts.
+            Some(v) if !v.is_null() => (body.to_vec(), None),
+            _ => {
                 map.insert("invalidationTime".into(), Value::from(now));
                 // `unwrap`: a map that was just parsed serialises again.
                 (serde_json::to_vec(&Value::Object(map)).unwrap(), Some(now))
@@ -691,6 +827,58 @@ pub fn stamp_invalidation_time(body: &[u8], now: i64) -> (Vec<u8>, Option<i64>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_keep_every_property_the_broker_does_not_act_on() {
+        let p = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("gzip".into())
+            .with_priority(7)
+            .with_correlation_id("c".into())
+            .with_reply_to("r".into())
+            .with_expiration("1000".into())
+            .with_message_id("m".into())
+            .with_timestamp(1)
+            .with_type("t".into())
+            .with_user_id("pricing".into())
+            .with_app_id("a".into())
+            .with_cluster_id("k".into())
+            .with_delivery_mode(1);
+        let h = broker::with_headers(None, &[("x-a", "b".into())]);
+        let copy = copy_properties(&p, h.clone(), Some("fleet"));
+        let expected = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("gzip".into())
+            .with_priority(7)
+            .with_correlation_id("c".into())
+            .with_reply_to("r".into())
+            .with_message_id("m".into())
+            .with_timestamp(1)
+            .with_type("t".into())
+            .with_app_id("a".into())
+            .with_cluster_id("k".into())
+            .with_delivery_mode(2)
+            .with_headers(h.clone());
+        assert_eq!(copy, expected);
+        // Our own user id stays: the broker accepts it.
+        let ours = copy_properties(&p, h, Some("pricing"));
+        assert_eq!(ours.user_id().as_ref().map(|u| u.as_str()), Some("pricing"));
+    }
+
+    #[test]
+    fn only_the_queues_the_fleet_feeds_are_trusted() {
+        assert!(fleet_fed(names::RETRY_READY));
+        assert!(fleet_fed(names::PARTITIONS));
+        for q in [
+            names::FAST_LANE,
+            names::BULK_LANE,
+            "source.stock",
+            names::RETRY_DELAY,
+            "anything",
+        ] {
+            assert!(!fleet_fed(q), "{q}");
+        }
+    }
 
     #[test]
     fn invalidation_time_is_set_once() {

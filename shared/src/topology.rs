@@ -297,6 +297,117 @@ impl Topology {
     }
 }
 
+/// How many alternate exchanges [`Topology::route`] follows before it
+/// gives up (a cycle of alternate exchanges would otherwise never end).
+const MAX_ALTERNATE_HOPS: usize = 8;
+
+impl Topology {
+    /// The queues a message published to `exchange` with `routing_key`
+    /// reaches by the topology's bindings: a direct exchange matches keys
+    /// exactly, a topic exchange by pattern (`*` one word, `#` any number),
+    /// a fanout exchange always; when no binding matches, the exchange's
+    /// alternate exchange takes the message. The default exchange (`""`)
+    /// delivers to the queue the key names. `None` when the exchange is not
+    /// in the topology or its routing cannot be told from keys (`headers`).
+    ///
+    /// This is the topology file's view: a binding an operator added to the
+    /// live broker by hand is not in it (add it to the file instead).
+    pub fn route(&self, exchange: &str, routing_key: &str) -> Option<BTreeSet<String>> {
+        self.route_from(exchange, routing_key, 0)
+    }
+
+    fn route_from(&self, exchange: &str, key: &str, hops: usize) -> Option<BTreeSet<String>> {
+        if exchange.is_empty() {
+            return Some(
+                self.queue(key)
+                    .map(|q| q.name.clone())
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        let ex = self.exchanges.iter().find(|e| e.name == exchange)?;
+        let mut out = BTreeSet::new();
+        for b in self.bindings.iter().filter(|b| b.exchange == exchange) {
+            let matched = match ex.kind.as_str() {
+                "fanout" => true,
+                "direct" => b.routing_key == key,
+                "topic" => topic_matches(&b.routing_key, key),
+                _ => return None,
+            };
+            if matched {
+                out.insert(b.queue.clone());
+            }
+        }
+        if out.is_empty() {
+            if let Some(Arg::Str(ae)) = ex.arguments.get("alternate-exchange") {
+                if hops < MAX_ALTERNATE_HOPS {
+                    return self.route_from(ae, key, hops + 1);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Whether the retry handler may send a message back to `exchange` /
+    /// `routing_key` (SPEC §11): only where the topology routes it to at
+    /// least one queue, and only to queues a worker consumes other than the
+    /// retry-ready queue (the lanes, the partition queue, the source
+    /// queues). Never the outbound exchange, the events, the parking or
+    /// unroutable queues, nor back into the retry path. The error says why.
+    pub fn allows_return(&self, exchange: &str, routing_key: &str) -> Result<(), String> {
+        let shown = if exchange.is_empty() {
+            "the default exchange".to_string()
+        } else {
+            format!("exchange {exchange:?}")
+        };
+        let Some(queues) = self.route(exchange, routing_key) else {
+            return Err(format!(
+                "{shown} is not in the topology: retried messages only go back to the fleet's own input queues"
+            ));
+        };
+        if queues.is_empty() {
+            return Err(format!(
+                "{shown} routes routing key {routing_key:?} to no queue"
+            ));
+        }
+        let outside: Vec<&str> = queues
+            .iter()
+            .map(String::as_str)
+            .filter(|q| {
+                !self
+                    .queue(q)
+                    .is_some_and(|q| q.consumer.is_some() && q.name != names::RETRY_READY)
+            })
+            .collect();
+        if !outside.is_empty() {
+            return Err(format!(
+                "{shown} with routing key {routing_key:?} reaches {}, which is not one of the fleet's \
+                 input queues (lanes, partition queue, source queues)",
+                outside.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a topic exchange's binding `pattern` matches `key`: words are
+/// separated by dots, `*` stands for exactly one word, `#` for zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match p.split_first() {
+            None => k.is_empty(),
+            Some((&"#", rest)) => (0..=k.len()).any(|i| go(rest, &k[i..])),
+            Some((&word, rest)) => match k.split_first() {
+                Some((&first, k_rest)) => (word == "*" || word == first) && go(rest, k_rest),
+                None => false,
+            },
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
 impl TopologyFile {
     pub fn expand(&self, config: &Config) -> Result<Topology, TopologyError> {
         let queue_type = config
@@ -871,6 +982,92 @@ mod tests {
         // Operator queues are peeked with nack-requeue: their limit is never reached.
         let dlq = t.queue("invalidation.requests.fast.dlq").unwrap();
         assert_eq!(dlq.arguments["x-delivery-limit"], Arg::Int(1_000_000));
+    }
+
+    #[test]
+    fn topic_patterns_match_like_rabbitmq() {
+        assert!(topic_matches("price", "price"));
+        assert!(!topic_matches("price", "refund"));
+        assert!(topic_matches("#", "job.completed"));
+        assert!(topic_matches("#", ""));
+        assert!(topic_matches("job.*", "job.completed"));
+        assert!(!topic_matches("job.*", "job"));
+        assert!(!topic_matches("job.*", "job.completed.late"));
+        assert!(topic_matches("job.#", "job"));
+        assert!(topic_matches("job.#", "job.completed.late"));
+        assert!(topic_matches("*.tr_tr", "price.tr_tr"));
+        assert!(topic_matches("#.tr_tr", "a.b.tr_tr"));
+        assert!(!topic_matches("*.tr_tr", "price.de_de"));
+        assert!(topic_matches("a.#.z", "a.z"));
+        assert!(topic_matches("a.#.z", "a.b.c.z"));
+        assert!(!topic_matches("a.#.z", "a.b.c"));
+    }
+
+    #[test]
+    fn routes_follow_bindings_and_the_alternate_exchange() {
+        let t = builtin(&Config::default());
+        let set = |qs: &[&str]| qs.iter().map(|q| q.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            t.route(names::REQUESTS, "price"),
+            Some(set(&[names::FAST_LANE]))
+        );
+        assert_eq!(
+            t.route(names::REQUESTS, "brand_category"),
+            Some(set(&[names::BULK_LANE]))
+        );
+        // No lane takes it: the alternate exchange puts it in the catch-all.
+        assert_eq!(
+            t.route(names::REQUESTS, "refund"),
+            Some(set(&[names::UNROUTABLE]))
+        );
+        assert_eq!(
+            t.route(names::UNROUTABLE, "anything"),
+            Some(set(&[names::UNROUTABLE]))
+        );
+        assert_eq!(
+            t.route(names::OUTBOUND, "price.tr_tr"),
+            Some(set(&["productcontent_price_tr_tr"]))
+        );
+        assert_eq!(t.route(names::OUTBOUND, "price.xx"), Some(set(&[])));
+        assert_eq!(
+            t.route("", names::BULK_LANE),
+            Some(set(&[names::BULK_LANE]))
+        );
+        assert_eq!(t.route("", "no.such.queue"), Some(set(&[])));
+        assert_eq!(t.route("no.such.exchange", "x"), None);
+    }
+
+    #[test]
+    fn retried_messages_only_go_back_to_the_fleets_input_queues() {
+        let t = builtin(&Config::default());
+        for (exchange, key) in [
+            (names::REQUESTS, "price"),
+            (names::REQUESTS, "translation"),
+            (names::PARTITIONS, names::PARTITION_KEY),
+            ("source.stock", ""),
+            ("", names::FAST_LANE),
+        ] {
+            assert_eq!(t.allows_return(exchange, key), Ok(()), "{exchange} {key}");
+        }
+        for (exchange, key) in [
+            (names::OUTBOUND, "price.tr_tr"),
+            (names::REQUESTS, "refund"),
+            (names::EVENTS, names::JOB_COMPLETED),
+            (names::PARKED_EXCHANGE, ""),
+            (names::RETRY_EXCHANGE, "ready"),
+            (names::RETRY_EXCHANGE, "delay"),
+            (names::DLX, names::FAST_LANE),
+            ("", "productcontent_price_tr_tr"),
+            ("", names::RETRY_READY),
+            ("", "nowhere"),
+            ("amq.topic", "price"),
+        ] {
+            let e = t.allows_return(exchange, key).unwrap_err();
+            assert!(
+                e.contains(&format!("{key:?}")) || e.contains("not in the topology"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

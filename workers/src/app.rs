@@ -252,7 +252,7 @@ pub async fn run(
                 )));
             }
             WorkerKind::Retry => {
-                let h = RetryHandler::new(ctx.clone(), s.db.clone().expect("db"));
+                let h = RetryHandler::new(ctx.clone(), s.db.clone().expect("db"))?;
                 tasks.spawn(until_stopped(consume(
                     ctx,
                     vec![names::RETRY_READY.into()],

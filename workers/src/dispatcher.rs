@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use fleet_shared::broker::headers;
 use fleet_shared::config::{Config, FieldRule};
 use fleet_shared::kv::Kv;
 use fleet_shared::message::{derived_request_id, now_millis, IndexKey, InvalidationRequest};
 use fleet_shared::runtime::{self, Context, Handler, HandlerError, Incoming};
 use fleet_shared::search::{group_partitions, terms_query, Search};
 use fleet_shared::telemetry;
+use fleet_shared::window;
 use futures::StreamExt;
 use sqlx::PgPool;
 
@@ -114,6 +116,18 @@ impl Handler for Dispatcher {
         if let Some(id) = request.request_id.as_deref() {
             runtime::record_request(id);
         }
+        // An operator's reset replay: the window counts from here.
+        let window_start = msg
+            .header(headers::WINDOW_START)
+            .and_then(|t| t.parse::<i64>().ok());
+        // Judged from the window start, so a request replayed with a reset
+        // passes with its old time.
+        window::check_now(
+            request.invalidation_time,
+            window_start,
+            &self.ctx.config.retry,
+        )
+        .map_err(|e| HandlerError::permanent(window::BAD_TIME, e))?;
         let v = validate(&self.ctx.config, request, msg.body())?;
         runtime::record_request(&v.request_id);
         // A retry must keep the request id generated at first sight.
@@ -151,7 +165,7 @@ impl Handler for Dispatcher {
                 }
             }
         }
-        self.dispatch(&v).await.map_err(tag)?;
+        self.dispatch(&v, window_start).await.map_err(tag)?;
         if remembered {
             // The outputs are confirmed and the delivery is acked next; the
             // mark only guards against a later duplicate, so it need not
@@ -180,7 +194,7 @@ impl Dispatcher {
         })
     }
 
-    async fn dispatch(&self, v: &Validated) -> Result<(), HandlerError> {
+    async fn dispatch(&self, v: &Validated, window_start: Option<i64>) -> Result<(), HandlerError> {
         let r = &v.request;
         let time = r.invalidation_time.unwrap_or_else(now_millis);
         let max_in_flight = self.ctx.config.partition.max_in_flight_batches.max(4);
@@ -219,7 +233,8 @@ impl Dispatcher {
                     without_id,
                 );
             } else {
-                self.split(v, key, &index, &query, count, time).await?;
+                self.split(v, key, &index, &query, count, (time, window_start))
+                    .await?;
             }
         }
         Ok(())
@@ -243,7 +258,7 @@ impl Dispatcher {
         index: &str,
         query: &serde_json::Value,
         count: u64,
-        time: i64,
+        (time, window_start): (i64, Option<i64>),
     ) -> Result<(), HandlerError> {
         let buckets = self.search.partition_histogram(index, query).await?;
         let groups = group_partitions(&buckets, self.ctx.config.dispatcher.split_limit);
@@ -255,6 +270,7 @@ impl Dispatcher {
                 request: &v.request,
                 index_key: key,
                 invalidation_time: time,
+                window_start,
                 total_hits: count,
                 groups: &groups,
             },

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use fleet_shared::broker::Outgoing;
+use fleet_shared::broker::{headers, with_headers, Outgoing};
 use fleet_shared::runtime::{Context, Handler, HandlerError, Incoming};
 use fleet_shared::source::SourceKind;
 use fleet_shared::topology::names;
+use fleet_shared::window;
 
 pub struct Ingest {
     pub ctx: Context,
@@ -41,13 +42,25 @@ impl Handler for Ingest {
         if requests.is_empty() {
             tracing::debug!(source = %kind, "Event does not need an invalidation.");
         }
+        // A replayed event's new window (see `window`) goes with what it becomes.
+        let window_start = msg
+            .header(headers::WINDOW_START)
+            .and_then(|t| t.parse::<i64>().ok());
+        for r in &requests {
+            // Caught where it enters, so the producer of the event sees why.
+            window::check_now(r.invalidation_time, window_start, &self.ctx.config.retry)
+                .map_err(|e| HandlerError::permanent(window::BAD_TIME, e))?;
+        }
         for r in requests {
             let body = r.encode();
             let key = r.routing_key();
-            self.ctx
-                .publisher
-                .publish(Outgoing::json(names::REQUESTS, &key, &body))
-                .await?;
+            let mut out = Outgoing::json(names::REQUESTS, &key, &body);
+            if let Some(start) = window_start {
+                out.properties = out
+                    .properties
+                    .with_headers(with_headers(None, &[(headers::WINDOW_START, start.into())]));
+            }
+            self.ctx.publisher.publish(out).await?;
         }
         Ok(())
     }

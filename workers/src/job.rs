@@ -19,8 +19,14 @@
 //!
 //! The dispatcher, the partition worker, the sweeper and `fleet jobs` all go
 //! through this module and never through each other.
+//!
+//! The window of a task: a task message carries the request's
+//! `invalidationTime` in its body and, when the request was replayed with a
+//! reset, the request's `x-window-start` as a header of its own (recorded on
+//! the job, so re-published tasks carry it too). The retry window of a task
+//! that fails then counts from the replay, not from the old time.
 
-use fleet_shared::broker::Outgoing;
+use fleet_shared::broker::{headers, with_headers, Outgoing};
 use fleet_shared::db::{self, JobRow, NewJob, NewTask, Setback, TaskRow};
 use fleet_shared::message::{
     IndexKey, InvalidationRequest, JobCompleted, PartitionTask, CURRENT_VERSION,
@@ -60,8 +66,10 @@ pub struct Split<'a> {
     pub request_id: &'a str,
     pub request: &'a InvalidationRequest,
     pub index_key: IndexKey,
-    /// The time the whole request's window counts from.
+    /// The request's invalidation time (every task's `invalidationTime`).
     pub invalidation_time: i64,
+    /// The request's `x-window-start` (a reset replay), if any.
+    pub window_start: Option<i64>,
     /// The count of the unsplit query.
     pub total_hits: u64,
     /// The groups of `searchPartition` buckets, one task each.
@@ -107,6 +115,10 @@ pub async fn create(
     let pending = db::create_job(pool, &job, &tasks, horizon)
         .await
         .transient("database")?;
+    // A job found again (a redelivery, a replay) keeps the latest window.
+    let window_start = db::widen_job_window(pool, job_id, split.window_start)
+        .await
+        .transient("database")?;
     tracing::info!(%job_id, request_id = %split.request_id, index_key = %split.index_key, hits = split.total_hits, tasks = tasks.len(), "Split a large request into partition tasks.");
     telemetry::request_split(tasks.len());
     for row in &pending {
@@ -118,7 +130,7 @@ pub async fn create(
             split.invalidation_time,
             row,
         );
-        publish_task(ctx, &task).await?;
+        publish_task_in_window(ctx, &task, window_start).await?;
     }
     Ok((job_id, pending.len()))
 }
@@ -151,12 +163,27 @@ pub fn task_message(
 /// Publishes one partition task (confirmed). The message id names the job
 /// and task, so duplicates are recognisable in the management UI.
 pub async fn publish_task(ctx: &Context, task: &PartitionTask) -> Result<(), HandlerError> {
+    publish_task_in_window(ctx, task, None).await
+}
+
+/// [`publish_task`] for a job whose request was replayed with a reset: the
+/// task carries the window start as its `x-window-start` header.
+pub async fn publish_task_in_window(
+    ctx: &Context,
+    task: &PartitionTask,
+    window_start: Option<i64>,
+) -> Result<(), HandlerError> {
     // `unwrap`: plain data serialises.
     let body = serde_json::to_vec(task).unwrap();
     let mut msg = Outgoing::json(names::PARTITIONS, names::PARTITION_KEY, &body);
     msg.properties = msg
         .properties
         .with_message_id(format!("{}/{}", task.job_id, task.task_no).into());
+    if let Some(start) = window_start {
+        msg.properties = msg
+            .properties
+            .with_headers(with_headers(None, &[(headers::WINDOW_START, start.into())]));
+    }
     ctx.publisher.publish(msg).await?;
     Ok(())
 }
@@ -377,7 +404,7 @@ pub async fn republish_pending(
         .filter(|t| matches!(t.status.as_str(), "pending" | "running" | "retrying"))
     {
         let task = task_message(job.id, &job.request_id, &request, index_key, time, t);
-        publish_task(ctx, &task).await?;
+        publish_task_in_window(ctx, &task, job.window_start).await?;
         n += 1;
     }
     Ok(n)

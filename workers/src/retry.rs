@@ -4,21 +4,31 @@
 //! parked otherwise — a PostgreSQL row with the reason and the whole message,
 //! plus a copy on the parking queue.
 //!
-//! The decision uses the message's own `invalidationTime` and attempt
+//! The decision uses the message's own window start (its `invalidationTime`,
+//! or the later `x-window-start` of an operator's reset replay) and attempt
 //! counter, never the broker's `x-death` (RabbitMQ 4 stopped counting it for
 //! republished messages).
+//!
+//! A message only goes back where the topology allows (SPEC §11): to an
+//! exchange and routing key that reach the fleet's own input queues (lanes,
+//! partition queue, source queues). Anything else is dead-lettered as
+//! `forbidden_destination`: whoever managed to put a message on the retry
+//! path must not borrow the fleet's permissions to publish it elsewhere.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_shared::broker::{headers, headers_map, with_headers, HeaderValue, Outgoing};
+use fleet_shared::broker::{headers, headers_map, Outgoing};
 use fleet_shared::config::RetryConfig;
 use fleet_shared::db::{self, Parked};
 use fleet_shared::message::{now_millis, PartitionTask};
-use fleet_shared::runtime::{Classify, Context, Handler, HandlerError, Incoming};
+use fleet_shared::runtime::{
+    copy_properties, fleet_user, park_headers, Classify, Context, Handler, HandlerError, Incoming,
+};
 use fleet_shared::telemetry;
-use fleet_shared::topology::names;
+use fleet_shared::topology::{names, Topology, TopologyError};
+use fleet_shared::window;
 use sqlx::PgPool;
 
 use crate::job;
@@ -33,21 +43,23 @@ pub enum Decision {
     },
 }
 
-/// `now - invalidation_time <= window` and under the attempt cap: retry; else park.
-pub fn decide(now: i64, invalidation_time: i64, attempts: i64, cfg: &RetryConfig) -> Decision {
-    let age = Duration::from_millis((now - invalidation_time).max(0) as u64);
+/// `now - window_start <= window` and under the attempt cap: retry; else park.
+/// `window_start` is the later of the message's `invalidationTime` and its
+/// `x-window-start` ([`window::start`]); any value is safe (no overflow).
+pub fn decide(now: i64, window_start: i64, attempts: i64, cfg: &RetryConfig) -> Decision {
+    let age = window::age(now, window_start);
     if age > cfg.window {
         return Decision::Park {
             reason: "retry_window_exceeded",
             detail: format!(
-                "first failed {} ago, longer than the retry window of {}",
+                "its window started {} ago, longer than the retry window of {}",
                 humantime::format_duration(Duration::from_secs(age.as_secs())),
                 humantime::format_duration(cfg.window)
             ),
         };
     }
     if let Some(max) = cfg.max_attempts {
-        if attempts >= max as i64 {
+        if attempts >= i64::from(max) {
             return Decision::Park {
                 reason: "max_attempts_reached",
                 detail: format!("failed {attempts} times; retry.max_attempts is {max}"),
@@ -60,11 +72,14 @@ pub fn decide(now: i64, invalidation_time: i64, attempts: i64, cfg: &RetryConfig
 pub struct RetryHandler {
     pub ctx: Context,
     pub db: PgPool,
+    /// Decides where a message may go back to.
+    pub topology: Topology,
 }
 
 impl RetryHandler {
-    pub fn new(ctx: Context, db: PgPool) -> Arc<Self> {
-        Arc::new(Self { ctx, db })
+    pub fn new(ctx: Context, db: PgPool) -> Result<Arc<Self>, TopologyError> {
+        let topology = Topology::load(&ctx.config)?;
+        Ok(Arc::new(Self { ctx, db, topology }))
     }
 }
 
@@ -91,15 +106,32 @@ impl Handler for RetryHandler {
                 "no x-original-exchange / x-original-routing-key header: cannot tell where to send it back",
             ));
         };
-        let attempts = msg
+        if let Err(why) = self.topology.allows_return(&exchange, &routing_key) {
+            return Err(HandlerError::permanent(
+                "forbidden_destination",
+                format!("not sent back to exchange {exchange:?} with routing key {routing_key:?}: {why}"),
+            ));
+        }
+        let attempts: i64 = msg
             .header(headers::ATTEMPTS)
             .and_then(|a| a.parse().ok())
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .max(1);
         let now = now_millis();
         let time = invalidation_time(msg).unwrap_or(now);
-        match decide(now, time, attempts, &self.ctx.config.retry) {
+        let window_start = msg
+            .header(headers::WINDOW_START)
+            .and_then(|t| t.parse().ok());
+        let start = window::start(time, window_start);
+        let user = fleet_user(&self.ctx);
+        match decide(now, start, attempts, &self.ctx.config.retry) {
             Decision::Retry => {
-                let props = msg.delivery.properties.clone();
+                // Stamped with the fleet's own user, which the broker
+                // vouches for: the lane then believes the counters.
+                let mut props = msg.delivery.properties.clone();
+                if let Some(user) = &user {
+                    props = props.with_user_id(user.as_str().into());
+                }
                 tracing::info!(%exchange, %routing_key, attempts, "Retrying a failed message.");
                 self.ctx
                     .publisher
@@ -121,7 +153,7 @@ impl Handler for RetryHandler {
                     reason: format!("{reason}: {detail}"),
                     original_exchange: exchange.clone(),
                     original_routing_key: routing_key.clone(),
-                    attempts: attempts as i32,
+                    attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
                     invalidation_time: chrono::DateTime::from_timestamp_millis(time),
                     headers: headers_json,
                     body: msg.body().to_vec(),
@@ -134,14 +166,11 @@ impl Handler for RetryHandler {
                         job::park_task(&self.db, &task, &parked.reason).await?;
                     }
                 }
-                let table = with_headers(
-                    msg.headers(),
-                    &[(
-                        headers::PARK_REASON,
-                        HeaderValue::from(parked.reason.clone()),
-                    )],
+                let props = copy_properties(
+                    &msg.delivery.properties,
+                    park_headers(msg, &parked.reason),
+                    user.as_deref(),
                 );
-                let props = msg.delivery.properties.clone().with_headers(table);
                 self.ctx
                     .publisher
                     .publish(Outgoing {
@@ -180,7 +209,47 @@ mod tests {
             delay: Duration::from_secs(600),
             window: Duration::from_secs(7200),
             max_attempts: max,
+            clock_slack: Duration::from_secs(300),
         }
+    }
+
+    #[test]
+    fn a_reset_window_counts_from_its_own_start() {
+        let now = 10_000_000_000;
+        let old = now - 3 * 3_600_000;
+        assert!(matches!(
+            decide(now, window::start(old, None), 1, &cfg(None)),
+            Decision::Park { .. }
+        ));
+        assert_eq!(
+            decide(now, window::start(old, Some(now - 60_000)), 1, &cfg(None)),
+            Decision::Retry
+        );
+    }
+
+    #[test]
+    fn extreme_times_and_counts_decide_without_overflow() {
+        for now in [i64::MIN, -1, 0, 10_000_000_000, i64::MAX] {
+            for start in [i64::MIN, -1, 0, 10_000_000_000, i64::MAX] {
+                for attempts in [i64::MIN, 0, 1, i64::MAX] {
+                    let _ = decide(now, start, attempts, &cfg(Some(20)));
+                }
+            }
+        }
+        assert!(matches!(
+            decide(i64::MAX, i64::MIN, 1, &cfg(None)),
+            Decision::Park {
+                reason: "retry_window_exceeded",
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(0, i64::MAX, i64::MAX, &cfg(Some(20))),
+            Decision::Park {
+                reason: "max_attempts_reached",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -12,13 +12,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-use fleet_shared::broker::{self, headers};
+use fleet_shared::broker;
 use fleet_shared::config::Config;
 use fleet_shared::mgmt::{vhost_of, Management};
 use fleet_shared::topology::Topology;
 
 use super::common::{age_text, connect, quorum_limit, quorum_note};
-use super::peek::{message_time, sample, Peeked};
+use super::peek::{sample, Peeked};
 
 /// Messages `list` samples per queue for its top error reasons.
 const SAMPLE: usize = 100;
@@ -62,11 +62,11 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
             let sampled = sample(&conn, name, SAMPLE).await?;
             let oldest = sampled
                 .iter()
-                .filter_map(message_time)
+                .filter_map(|p| p.current(topo, name).time)
                 .min()
                 .map(age_text)
                 .unwrap_or_else(|| "unknown".into());
-            (oldest, top_reasons(&sampled, depth))
+            (oldest, top_reasons(topo, name, &sampled, depth))
         } else {
             (String::new(), String::new())
         };
@@ -99,11 +99,13 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-/// "class ×n, …" for the three commonest reasons of the sampled messages.
-fn top_reasons(sampled: &[Peeked], depth: u64) -> String {
+/// "class ×n, …" for the three commonest current reasons of the sampled
+/// messages (see `common::current`: the error class, `parked: <kind>`,
+/// `broker: <reason>`, or the routing key of an unroutable message).
+fn top_reasons(topo: &Topology, queue: &str, sampled: &[Peeked], depth: u64) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for p in sampled {
-        *counts.entry(reason_of(p)).or_default() += 1;
+        *counts.entry(p.current(topo, queue).label).or_default() += 1;
     }
     let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -119,22 +121,4 @@ fn top_reasons(sampled: &[Peeked], depth: u64) -> String {
         text.push(format!("(first {} sampled)", sampled.len()));
     }
     text.join(", ")
-}
-
-/// Why a message is here, for counting: error class, park reason, or for
-/// header-less messages (the unroutable catch-all) the routing key.
-fn reason_of(p: &Peeked) -> String {
-    if let Some(c) = p.header(headers::ERROR_CLASS) {
-        if p.header(headers::PARK_REASON).is_none() {
-            return c;
-        }
-    }
-    if let Some(r) = p.header(headers::PARK_REASON) {
-        // "retry_window_exceeded: details…": count by the kind, not the details.
-        return format!(
-            "parked: {}",
-            r.split(':').next().unwrap_or(r.as_str()).trim()
-        );
-    }
-    format!("routing key {:?}", p.routing_key)
 }

@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
-use fleet_shared::broker::{header_i64, header_text, headers, headers_map};
+use fleet_shared::broker::{header_i64, headers_map};
 use fleet_shared::config::Config;
 use fleet_shared::lapin::options::{BasicGetOptions, BasicNackOptions};
 use fleet_shared::lapin::types::FieldTable;
@@ -14,7 +13,10 @@ use fleet_shared::mgmt::{vhost_of, Management};
 use fleet_shared::topology::Topology;
 use serde_json::{json, Value};
 
-use super::common::{age_text, connect, queue_info, quorum_limit, quorum_note, readable_body};
+use super::common::{
+    age_text, connect, current, headers_json, queue_info, quorum_limit, quorum_note, readable_body,
+    Current, Seen,
+};
 
 pub(super) async fn run(
     config: &Config,
@@ -42,7 +44,10 @@ pub(super) async fn run(
         delivery_count_warning(queue, limit, &messages);
     }
     if as_json {
-        let docs: Vec<Value> = messages.iter().map(peeked_json).collect();
+        let docs: Vec<Value> = messages
+            .iter()
+            .map(|p| peeked_json(p, &p.current(topo, queue)))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&docs)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -56,7 +61,12 @@ pub(super) async fn run(
             "   published to {:?} with routing key {:?}",
             p.exchange, p.routing_key
         );
-        if let Some(t) = message_time(p) {
+        let now = p.current(topo, queue);
+        println!("   why: {}", now.summary);
+        if let Some((exchange, key)) = &now.origin {
+            println!("   origin: exchange {exchange:?}, routing key {key:?}");
+        }
+        if let Some(t) = now.time {
             println!("   failed {} ago ({})", age_text(t), t.to_rfc3339());
         }
         for (k, v) in headers_map(p.headers()) {
@@ -91,8 +101,18 @@ impl Peeked {
         self.properties.headers().as_ref()
     }
 
-    pub fn header(&self, key: &str) -> Option<String> {
-        header_text(self.headers(), key)
+    /// Why it is in `queue` now (see `common::current`).
+    pub fn current(&self, topo: &Topology, queue: &str) -> Current {
+        current(
+            topo,
+            queue,
+            &Seen {
+                headers: self.headers(),
+                exchange: &self.exchange,
+                routing_key: &self.routing_key,
+                timestamp: *self.properties.timestamp(),
+            },
+        )
     }
 }
 
@@ -154,18 +174,6 @@ pub(super) async fn return_all(
     Ok(())
 }
 
-/// When the message failed (x-error-time), else when it was published (timestamp property).
-pub(super) fn message_time(p: &Peeked) -> Option<DateTime<Utc>> {
-    if let Some(t) = p.header(headers::ERROR_TIME) {
-        if let Ok(t) = DateTime::parse_from_rfc3339(&t) {
-            return Some(t.with_timezone(&Utc));
-        }
-    }
-    p.properties
-        .timestamp()
-        .and_then(|s| DateTime::from_timestamp(i64::try_from(s).ok()?, 0))
-}
-
 /// Warns when peeking again could push a quorum queue's message past its delivery limit.
 fn delivery_count_warning(queue: &str, limit: Option<u64>, sampled: &[Peeked]) {
     let Some(limit) = limit else { return };
@@ -182,14 +190,17 @@ fn delivery_count_warning(queue: &str, limit: Option<u64>, sampled: &[Peeked]) {
     }
 }
 
-fn peeked_json(p: &Peeked) -> Value {
+fn peeked_json(p: &Peeked, now: &Current) -> Value {
     let parsed = serde_json::from_slice::<Value>(&p.body).ok();
     json!({
         "position": p.position,
         "exchange": p.exchange,
         "routingKey": p.routing_key,
         "redelivered": p.redelivered,
-        "headers": headers_map(p.headers()),
+        "why": now.summary,
+        "reason": now.label,
+        "origin": now.origin.as_ref().map(|(e, k)| json!({"exchange": e, "routingKey": k})),
+        "headers": headers_json(p.headers()),
         "bodyIsJson": parsed.is_some(),
         "body": parsed.unwrap_or_else(|| Value::String(readable_body(&p.body))),
     })

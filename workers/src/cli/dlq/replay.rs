@@ -5,29 +5,41 @@
 //! Two halves. [`Replayer`] moves messages, one at a time, and says what
 //! happened to each ([`Outcome`]); it prints nothing. [`run`] shows the
 //! outcomes (progress bar, per-message lines, summary) and records the run in
-//! PostgreSQL; it moves nothing.
+//! PostgreSQL — from its start, with its counts as it goes, so a run that
+//! dies shows as `running` — ; it moves nothing.
+//!
+//! Where a message goes by default is where its current diagnosis says it
+//! came from (`common::current`): the fleet's `x-original-*`, or for a
+//! message the broker dead-lettered itself the `x-death` entry of the queue
+//! it left. A destination the topology routes straight back into the queue
+//! being replayed (an unroutable key caught again by the alternate
+//! exchange) is refused per message, with the routing key to use instead.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use chrono::Utc;
 use clap::Args;
 use fleet_shared::broker::{
-    header_i64, header_text, headers, with_headers, HeaderValue, Identity, Outgoing, Publisher,
+    self, header_i64, headers, with_headers, HeaderValue, Identity, Outgoing, Publisher,
 };
 use fleet_shared::config::Config;
-use fleet_shared::db::{self, Replay};
+use fleet_shared::db::{self, Replay, ReplayState};
 use fleet_shared::lapin::options::{BasicAckOptions, BasicGetOptions};
 use fleet_shared::lapin::types::{AMQPValue, FieldTable, ShortString};
 use fleet_shared::lapin::Channel;
-use fleet_shared::topology::{names, Topology};
+use fleet_shared::message::{now_millis, InvalidationType};
+use fleet_shared::runtime::copy_properties;
+use fleet_shared::topology::Topology;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{body_preview, connect, queue_info};
+use super::common::{body_preview, connect, current, queue_info, Current, Seen};
 use super::peek::return_all;
 
 /// Publish failures in a row after which `replay` stops (the target or the broker is broken).
@@ -55,8 +67,10 @@ pub struct ReplayArgs {
     /// Show exactly what would move; change nothing (the run is still recorded).
     #[arg(long)]
     pub dry_run: bool,
-    /// Drop the retry counters (x-retry-attempts, x-first-failure-time) so the
-    /// message gets a fresh set of attempts; the body is never changed.
+    /// Give each message a whole new retry window and a fresh count: drops
+    /// the retry counters (x-retry-attempts, x-first-failure-time) and
+    /// stamps x-window-start = now, from which the window counts (and which
+    /// the tasks of a split request inherit). The body is never changed.
     #[arg(long)]
     pub reset_retries: bool,
 }
@@ -96,15 +110,49 @@ pub(super) async fn run(
     // Only the messages present at the start: kept ones are not re-read, and
     // messages arriving meanwhile wait for the next replay.
     let depth = u64::from(info.messages);
-    let target = rules.target.describe();
-    let mut replayer = Replayer::new(ch, queue, rules, publisher, depth, stop.clone());
+    let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    // On record before anything moves: a run that dies stays `running`.
+    let record = Replay {
+        queue: queue.to_string(),
+        target: rules.target.describe(),
+        filter: (!args.filters.is_empty()).then(|| args.filters.join(" ")),
+        operator: operator(),
+        host: identity.host.clone(),
+        dry_run: args.dry_run,
+        moved: 0,
+        kept: count(depth),
+        started_at,
+    };
+    let id = db::start_replay(&pool, &record)
+        .await
+        .context("cannot put the replay on record in PostgreSQL; nothing was moved")?;
+    let user = broker::amqp_user(&config.amqp.url);
+    let mut replayer = Replayer::new(
+        ch,
+        queue,
+        rules,
+        topo.clone(),
+        publisher,
+        user,
+        depth,
+        stop.clone(),
+    );
     let view = View::new(depth, args.dry_run);
     let mut tally = Tally::default();
+    let mut progress = Progress::new(id);
     let stopped = loop {
         match replayer.next().await {
             Ok(Some(outcome)) => {
                 tally.add(&outcome);
                 view.show(&outcome, &tally);
+                progress
+                    .note(
+                        &pool,
+                        &view,
+                        count(tally.moved),
+                        count(depth.saturating_sub(tally.moved)),
+                    )
+                    .await;
             }
             Ok(None) => break None,
             Err(stopped) => break Some(stopped),
@@ -120,20 +168,16 @@ pub(super) async fn run(
     }
 
     let kept = depth.saturating_sub(tally.moved);
-    let record = Replay {
-        queue: queue.to_string(),
-        target,
-        filter: (!args.filters.is_empty()).then(|| args.filters.join(" ")),
-        operator: operator(),
-        host: identity.host.clone(),
-        dry_run: args.dry_run,
-        moved: i32::try_from(tally.moved).unwrap_or(i32::MAX),
-        kept: i32::try_from(kept).unwrap_or(i32::MAX),
-        started_at,
+    let state = match &stopped {
+        None => ReplayState::Finished,
+        Some(_) if stop.is_cancelled() => ReplayState::Interrupted,
+        Some(_) => ReplayState::Failed,
     };
-    let id = db::record_replay(&pool, &record)
+    db::finish_replay(&pool, id, count(tally.moved), count(kept), state)
         .await
-        .context("the replay ran but could not be recorded in PostgreSQL")?;
+        .with_context(|| {
+            format!("the replay ran but its end could not be recorded (replay record #{id})")
+        })?;
 
     println!("{}", tally.summary(queue, depth, args.dry_run, id));
     for (e, n) in &tally.errors {
@@ -147,6 +191,51 @@ pub(super) async fn run(
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps the run's record up to date as it goes: after a move, once
+/// [`Progress::EVERY`] passed or [`Progress::EVERY_MOVED`] more messages
+/// moved since the last update, so the database is not asked once per
+/// message. A failed update is reported once and does not stop the replay
+/// (the messages matter more than the record).
+struct Progress {
+    id: i64,
+    last: Instant,
+    last_moved: i32,
+    warned: bool,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_millis(500);
+    const EVERY_MOVED: i32 = 100;
+
+    fn new(id: i64) -> Self {
+        Self {
+            id,
+            last: Instant::now(),
+            last_moved: 0,
+            warned: false,
+        }
+    }
+
+    async fn note(&mut self, pool: &sqlx::PgPool, view: &View, moved: i32, kept: i32) {
+        if moved == self.last_moved
+            || (self.last.elapsed() < Self::EVERY && moved - self.last_moved < Self::EVERY_MOVED)
+        {
+            return;
+        }
+        self.last = Instant::now();
+        self.last_moved = moved;
+        if let Err(e) = db::replay_progress(pool, self.id, moved, kept).await {
+            if !self.warned {
+                self.warned = true;
+                view.say(&format!(
+                    "warning: cannot update replay record #{} ({e}); the replay goes on",
+                    self.id
+                ));
+            }
+        }
+    }
 }
 
 /// How outcomes are shown: a progress bar on a terminal (with only the
@@ -188,6 +277,14 @@ impl View {
             pb.finish_and_clear();
         }
     }
+
+    /// A line on stderr that does not tear the bar.
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(pb) => pb.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 fn verb(dry_run: bool) -> &'static str {
@@ -220,6 +317,27 @@ fn line(outcome: &Outcome, dry_run: bool, under_bar: bool) -> Option<String> {
             "kept #{position}: no {} header; use --to EXCHANGE[:ROUTING_KEY] [{preview}]",
             headers::ORIGINAL_EXCHANGE
         )),
+        Outcome::RoutesBack {
+            position,
+            exchange,
+            routing_key,
+            queue,
+            hint,
+            preview,
+        } => Some(format!(
+            "kept #{position}: exchange {exchange:?} routes routing key {routing_key:?} straight \
+             back into {queue}; {hint} [{preview}]"
+        )),
+        Outcome::OriginRefused {
+            position,
+            exchange,
+            routing_key,
+            why,
+            preview,
+        } => Some(format!(
+            "kept #{position}: not replayed to its recorded origin {exchange:?} / {routing_key:?}: \
+             {why}; use --to EXCHANGE[:KEY] to send it somewhere on purpose [{preview}]"
+        )),
         Outcome::Failed { position, error } => Some(format!("kept #{position}: {error}")),
     }
 }
@@ -231,6 +349,8 @@ struct Tally {
     moved: u64,
     not_matching: u64,
     no_origin: u64,
+    routes_back: u64,
+    origin_refused: u64,
     failed: u64,
     /// Publish errors by text, for the summary.
     errors: BTreeMap<String, u64>,
@@ -243,6 +363,8 @@ impl Tally {
             Outcome::Moved { .. } => self.moved += 1,
             Outcome::NotMatching { .. } => self.not_matching += 1,
             Outcome::NoOrigin { .. } => self.no_origin += 1,
+            Outcome::RoutesBack { .. } => self.routes_back += 1,
+            Outcome::OriginRefused { .. } => self.origin_refused += 1,
             Outcome::Failed { error, .. } => {
                 self.failed += 1;
                 *self.errors.entry(error.clone()).or_default() += 1;
@@ -260,12 +382,15 @@ impl Tally {
             ("kept", "")
         };
         format!(
-            "{queue}: {} {}, {keep_verb} {kept} ({} not matching the filter, {} without origin, {} failed, \
-             {unexamined} not examined){dry}; replay record #{record_id}.",
+            "{queue}: {} {}, {keep_verb} {kept} ({} not matching the filter, {} without origin, \
+             {} with a refused origin, {} routed back here, {} failed, {unexamined} not examined){dry}; \
+             replay record #{record_id}.",
             verb(dry_run),
             self.moved,
             self.not_matching,
             self.no_origin,
+            self.origin_refused,
+            self.routes_back,
             self.failed
         )
     }
@@ -304,6 +429,27 @@ pub(super) enum Outcome {
     NotMatching { position: u64 },
     /// Kept: no origin header and no `--to`.
     NoOrigin { position: u64, preview: String },
+    /// Kept: the destination routes it straight back into the queue being
+    /// replayed (typically: no binding matches the routing key, and the
+    /// exchange's alternate exchange feeds this queue).
+    RoutesBack {
+        position: u64,
+        exchange: String,
+        routing_key: String,
+        queue: String,
+        /// What to do instead, e.g. `use --filter type=PRICE --to invalidation.requests:price`.
+        hint: String,
+        preview: String,
+    },
+    /// Kept: its recorded origin is neither the queue it was dead-lettered
+    /// from nor one of the fleet's input queues (see [`origin_allowed`]).
+    OriginRefused {
+        position: u64,
+        exchange: String,
+        routing_key: String,
+        why: String,
+        preview: String,
+    },
     /// Kept: the publish failed.
     Failed { position: u64, error: String },
 }
@@ -365,8 +511,14 @@ pub(super) struct Replayer {
     ch: Channel,
     queue: String,
     rules: Rules,
+    /// Where messages came from (dead-letter sources) and where a
+    /// destination routes (loops back into `queue`).
+    topo: Topology,
     /// `None` in a dry run: nothing is published or acked.
     publisher: Option<Publisher>,
+    /// The AMQP user the replay publishes as: a copy keeps a message's
+    /// `user_id` only when it is this one (the broker refuses others).
+    user: Option<String>,
     /// Messages in the queue at the start: only that many are examined.
     depth: u64,
     stop: CancellationToken,
@@ -382,11 +534,14 @@ pub(super) struct Replayer {
 }
 
 impl Replayer {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         ch: Channel,
         queue: &str,
         rules: Rules,
+        topo: Topology,
         publisher: Option<Publisher>,
+        user: Option<String>,
         depth: u64,
         stop: CancellationToken,
     ) -> Self {
@@ -394,7 +549,9 @@ impl Replayer {
             ch,
             queue: queue.to_string(),
             rules,
+            topo,
             publisher,
+            user,
             depth,
             stop,
             examined: 0,
@@ -447,26 +604,66 @@ impl Replayer {
         let position = self.examined;
         let tag = d.delivery_tag;
         let hdrs = d.properties.headers().as_ref();
-        if !self.rules.filters.iter().all(|f| f.matches(hdrs, &d.data)) {
+        let now = current(
+            &self.topo,
+            &self.queue,
+            &Seen {
+                headers: hdrs,
+                exchange: d.exchange.as_str(),
+                routing_key: d.routing_key.as_str(),
+                timestamp: *d.properties.timestamp(),
+            },
+        );
+        if !self
+            .rules
+            .filters
+            .iter()
+            .all(|f| f.matches(&now, hdrs, &d.data))
+        {
             self.last_held = Some(tag);
             return Ok(Some(Outcome::NotMatching { position }));
         }
-        let Some((exchange, routing_key)) = self.rules.target.destination(
-            &self.queue,
-            hdrs,
-            (d.exchange.as_str(), d.routing_key.as_str()),
-        ) else {
+        let Some((exchange, routing_key)) =
+            self.rules.target.destination(&now, d.routing_key.as_str())
+        else {
             self.last_held = Some(tag);
             return Ok(Some(Outcome::NoOrigin {
                 position,
                 preview: body_preview(&d.data),
             }));
         };
+        if self
+            .topo
+            .route(&exchange, &routing_key)
+            .is_some_and(|queues| queues.contains(&self.queue))
+        {
+            self.last_held = Some(tag);
+            return Ok(Some(Outcome::RoutesBack {
+                position,
+                hint: route_hint(&self.topo, &self.queue, &exchange, &d.data),
+                exchange,
+                routing_key,
+                queue: self.queue.clone(),
+                preview: body_preview(&d.data),
+            }));
+        }
+        if self.rules.target == Target::Origin {
+            if let Err(why) = origin_allowed(&self.topo, &self.queue, &exchange, &routing_key) {
+                self.last_held = Some(tag);
+                return Ok(Some(Outcome::OriginRefused {
+                    position,
+                    exchange,
+                    routing_key,
+                    why,
+                    preview: body_preview(&d.data),
+                }));
+            }
+        }
         let moved = |exchange: String, routing_key: String| Outcome::Moved {
             position,
             exchange,
             routing_key,
-            class: header_text(hdrs, headers::ERROR_CLASS).unwrap_or_default(),
+            class: now.class.clone().unwrap_or_default(),
             preview: body_preview(&d.data),
         };
         let Some(publisher) = &self.publisher else {
@@ -480,10 +677,11 @@ impl Replayer {
                 exchange: &exchange,
                 routing_key: &routing_key,
                 body: &d.data,
-                properties: d
-                    .properties
-                    .clone()
-                    .with_headers(replay_headers(hdrs, self.rules.reset_retries)),
+                properties: copy_properties(
+                    &d.properties,
+                    replay_headers(hdrs, self.rules.reset_retries, now_millis()),
+                    self.user.as_deref(),
+                ),
                 mandatory: true,
             })
             .await;
@@ -560,20 +758,65 @@ impl Filter {
         })
     }
 
-    fn matches(&self, headers: Option<&FieldTable>, body: &[u8]) -> bool {
+    /// Whether a message matches; `class` and `reason` read its current
+    /// diagnosis only (an earlier one is history).
+    fn matches(&self, now: &Current, headers: Option<&FieldTable>, body: &[u8]) -> bool {
         match self {
             Filter::Type(t) => serde_json::from_slice::<Value>(body)
                 .ok()
                 .and_then(|v| v["invalidationType"].as_str().map(str::to_string))
                 .is_some_and(|x| x.eq_ignore_ascii_case(t)),
-            Filter::Class(c) => header_text(headers, headers::ERROR_CLASS).as_deref() == Some(c),
-            Filter::Reason(r) => [headers::ERROR_MESSAGE, headers::PARK_REASON]
+            Filter::Class(c) => now.class.as_deref() == Some(c),
+            Filter::Reason(r) => now
+                .reasons
                 .iter()
-                .filter_map(|h| header_text(headers, h))
                 .any(|text| text.to_lowercase().contains(r.as_str())),
-            Filter::Header(k, v) => header_text(headers, k).as_deref() == Some(v),
+            Filter::Header(k, v) => broker::header_text(headers, k).as_deref() == Some(v),
         }
     }
+}
+
+/// Whether a message's recorded origin may be its destination by default
+/// (without `--to`): back into the queue it was dead-lettered from, or else
+/// only to the fleet's own input queues, as the retry handler would
+/// (`Topology::allows_return`). A recorded origin is data from a message:
+/// one the retry handler refused (`forbidden_destination`) must not go
+/// there with an operator's permissions just because nobody typed `--to`.
+fn origin_allowed(
+    topo: &Topology,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), String> {
+    let Some(reached) = topo.route(exchange, routing_key) else {
+        // Not in the topology: the broker decides (unroutable fails the publish).
+        return Ok(());
+    };
+    let source = topo.queue(queue).and_then(|q| q.dead_letters_of.as_deref());
+    if source.is_some_and(|src| reached.contains(src)) {
+        return Ok(());
+    }
+    topo.allows_return(exchange, routing_key)
+}
+
+/// What to do instead of a replay that routes straight back: the routing
+/// key of the body's `invalidationType` when the exchange routes it
+/// elsewhere, else the general form.
+fn route_hint(topo: &Topology, queue: &str, exchange: &str, body: &[u8]) -> String {
+    let ty = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["invalidationType"].as_str().map(str::to_string))
+        .and_then(|t| InvalidationType::from_str(&t).ok());
+    if let Some(ty) = ty {
+        let key = ty.snake();
+        if topo
+            .route(exchange, &key)
+            .is_some_and(|qs| !qs.is_empty() && !qs.contains(queue))
+        {
+            return format!("use --filter type={ty} --to {exchange}:{key}");
+        }
+    }
+    format!("use --to {exchange}:KEY with a routing key one of its bindings matches, or --to EXCHANGE[:KEY]")
 }
 
 /// Where messages go.
@@ -619,14 +862,9 @@ impl Target {
         }
     }
 
-    /// The exchange and routing key of one message; `None` when it has no origin.
-    fn destination(
-        &self,
-        queue: &str,
-        headers: Option<&FieldTable>,
-        delivered: (&str, &str),
-    ) -> Option<(String, String)> {
-        let original_key = header_text(headers, headers::ORIGINAL_ROUTING_KEY);
+    /// The exchange and routing key of one message (whose current diagnosis
+    /// is `now`, delivered with `delivered_key`); `None` when it has no origin.
+    fn destination(&self, now: &Current, delivered_key: &str) -> Option<(String, String)> {
         match self {
             Target::To {
                 exchange,
@@ -635,44 +873,57 @@ impl Target {
                 exchange.clone(),
                 routing_key
                     .clone()
-                    .or(original_key)
-                    .unwrap_or_else(|| delivered.1.to_string()),
+                    .or_else(|| now.origin.as_ref().map(|(_, k)| k.clone()))
+                    .unwrap_or_else(|| delivered_key.to_string()),
             )),
-            Target::Origin => match header_text(headers, headers::ORIGINAL_EXCHANGE) {
-                Some(e) => Some((e, original_key.unwrap_or_default())),
-                // The unroutable catch-all receives requests through the
-                // alternate exchange unchanged: their origin is where they
-                // were published (useful once the missing binding is added).
-                None if queue == names::UNROUTABLE && !delivered.0.is_empty() => {
-                    Some((delivered.0.to_string(), delivered.1.to_string()))
-                }
-                None => None,
-            },
+            Target::Origin => now.origin.clone(),
         }
     }
 }
 
-/// The headers of a replayed message: counters kept or reset, replay stamped.
-fn replay_headers(original: Option<&FieldTable>, reset_retries: bool) -> FieldTable {
-    let count = header_i64(original, headers::REPLAY_COUNT).unwrap_or(0) + 1;
+/// The headers of a replayed message: replay stamped; with a reset, the
+/// counters dropped and a new window started at `now` (`x-window-start`).
+fn replay_headers(original: Option<&FieldTable>, reset_retries: bool, now: i64) -> FieldTable {
+    let count = header_i64(original, headers::REPLAY_COUNT)
+        .unwrap_or(0)
+        .max(0)
+        .saturating_add(1);
     let mut base: BTreeMap<ShortString, AMQPValue> =
         original.map(|t| t.inner().clone()).unwrap_or_default();
+    let mut set = vec![
+        (headers::REPLAYED_AT, Utc::now().to_rfc3339().into()),
+        (headers::REPLAY_COUNT, HeaderValue::Int(count)),
+    ];
     if reset_retries {
-        base.remove(headers::ATTEMPTS);
-        base.remove(headers::FIRST_FAILURE);
+        for h in headers::COUNTERS {
+            base.remove(*h);
+        }
+        set.push((headers::WINDOW_START, HeaderValue::Int(now)));
     }
-    with_headers(
-        Some(&FieldTable::from(base)),
-        &[
-            (headers::REPLAYED_AT, Utc::now().to_rfc3339().into()),
-            (headers::REPLAY_COUNT, HeaderValue::Int(count)),
-        ],
-    )
+    with_headers(Some(&FieldTable::from(base)), &set)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_shared::broker::header_text;
+    use fleet_shared::config::Config;
+    use fleet_shared::topology::names;
+
+    /// What `current` reads of `h` for a message in the fast lane's dlq.
+    fn now_of(h: Option<&FieldTable>) -> Current {
+        let topo = Topology::load(&Config::default()).unwrap();
+        current(
+            &topo,
+            &names::dlq(names::FAST_LANE),
+            &Seen {
+                headers: h,
+                exchange: names::DLX,
+                routing_key: names::FAST_LANE,
+                timestamp: None,
+            },
+        )
+    }
 
     #[test]
     fn filters_parse_and_match() {
@@ -686,7 +937,8 @@ mod tests {
             AMQPValue::LongString("EOF while parsing".into()),
         );
         let body = br#"{"invalidationType":"PRICE"}"#;
-        let m = |f: &str| Filter::parse(f).unwrap().matches(Some(&h), body);
+        let now = now_of(Some(&h));
+        let m = |f: &str| Filter::parse(f).unwrap().matches(&now, Some(&h), body);
         assert!(m("type=price"));
         assert!(!m("type=STOCK"));
         assert!(m("class=malformed_json"));
@@ -710,31 +962,71 @@ mod tests {
         );
         h.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(3));
         h.insert(headers::REPLAY_COUNT.into(), AMQPValue::LongLongInt(1));
-        let q = "invalidation.requests.fast.dlq";
-        let d = ("invalidation.dlx", "invalidation.requests.fast");
+        let d = names::FAST_LANE;
+        let now = now_of(Some(&h));
         assert_eq!(
-            Target::parse(None).destination(q, Some(&h), d),
+            Target::parse(None).destination(&now, d),
             Some(("invalidation.requests".into(), "price".into()))
         );
-        assert_eq!(Target::parse(None).destination(q, None, d), None);
+        assert_eq!(Target::parse(None).destination(&now_of(None), d), None);
         assert_eq!(
-            Target::parse(Some("x:y")).destination(q, Some(&h), d),
+            Target::parse(Some("x:y")).destination(&now, d),
             Some(("x".into(), "y".into()))
         );
         assert_eq!(
-            Target::parse(Some("x")).destination(q, Some(&h), d),
+            Target::parse(Some("x")).destination(&now, d),
             Some(("x".into(), "price".into()))
         );
-        let kept = replay_headers(Some(&h), false);
+        let kept = replay_headers(Some(&h), false, 42);
         assert_eq!(header_i64(Some(&kept), headers::ATTEMPTS), Some(3));
         assert_eq!(header_i64(Some(&kept), headers::REPLAY_COUNT), Some(2));
         assert!(header_text(Some(&kept), headers::REPLAYED_AT).is_some());
-        let reset = replay_headers(Some(&h), true);
+        assert_eq!(header_i64(Some(&kept), headers::WINDOW_START), None);
+        let reset = replay_headers(Some(&h), true, 42);
         assert_eq!(header_i64(Some(&reset), headers::ATTEMPTS), None);
+        assert_eq!(
+            header_i64(Some(&reset), headers::WINDOW_START),
+            Some(42),
+            "a reset starts a new window"
+        );
         assert_eq!(
             header_text(Some(&reset), headers::ORIGINAL_EXCHANGE).as_deref(),
             Some("invalidation.requests")
         );
+    }
+
+    #[test]
+    fn a_recorded_origin_is_only_a_default_where_the_message_may_go() {
+        let topo = Topology::load(&Config::default()).unwrap();
+        let fast_dlq = names::dlq(names::FAST_LANE);
+        let out_dlq = names::dlq("productcontent_price_tr_tr");
+        let ready_dlq = names::dlq(names::RETRY_READY);
+        // Back where it was dead-lettered from, or to a fleet input queue.
+        assert_eq!(
+            origin_allowed(&topo, &fast_dlq, names::REQUESTS, "price"),
+            Ok(())
+        );
+        assert_eq!(
+            origin_allowed(&topo, &out_dlq, names::OUTBOUND, "price.tr_tr"),
+            Ok(())
+        );
+        assert_eq!(
+            origin_allowed(&topo, &ready_dlq, names::REQUESTS, "stock"),
+            Ok(())
+        );
+        assert_eq!(
+            origin_allowed(
+                &topo,
+                names::PARKED,
+                names::PARTITIONS,
+                names::PARTITION_KEY
+            ),
+            Ok(())
+        );
+        // What the retry handler refused is not sent there by default either.
+        assert!(origin_allowed(&topo, &ready_dlq, names::OUTBOUND, "price.tr_tr").is_err());
+        assert!(origin_allowed(&topo, names::PARKED, names::OUTBOUND, "price.tr_tr").is_err());
+        assert!(origin_allowed(&topo, &fast_dlq, names::EVENTS, "job.completed").is_err());
     }
 
     #[test]
@@ -757,6 +1049,14 @@ mod tests {
                 position: 4,
                 error: "nacked".into(),
             },
+            Outcome::RoutesBack {
+                position: 5,
+                exchange: "invalidation.requests".into(),
+                routing_key: "refund".into(),
+                queue: "invalidation.unroutable".into(),
+                hint: "use --filter type=PRICE --to invalidation.requests:price".into(),
+                preview: "{}".into(),
+            },
         ];
         let mut tally = Tally::default();
         for o in &outcomes {
@@ -768,18 +1068,27 @@ mod tests {
                 tally.moved,
                 tally.not_matching,
                 tally.no_origin,
+                tally.routes_back,
                 tally.failed
             ),
-            (4, 1, 1, 1, 1)
+            (5, 1, 1, 1, 1, 1)
         );
         assert_eq!(
-            tally.summary("q.dlq", 6, false, 7),
-            "q.dlq: moved 1, kept 5 (1 not matching the filter, 1 without origin, 1 failed, \
-             2 not examined); replay record #7."
+            tally.summary("q.dlq", 7, false, 7),
+            "q.dlq: moved 1, kept 6 (1 not matching the filter, 1 without origin, 0 with a \
+             refused origin, 1 routed back here, 1 failed, 2 not examined); replay record #7."
         );
         assert!(tally
-            .summary("q.dlq", 6, true, 7)
-            .contains("would move 1, would keep 5"));
+            .summary("q.dlq", 7, true, 7)
+            .contains("would move 1, would keep 6"));
+        assert_eq!(
+            line(&outcomes[4], false, true).as_deref(),
+            Some(
+                "kept #5: exchange \"invalidation.requests\" routes routing key \"refund\" straight \
+                 back into invalidation.unroutable; use --filter type=PRICE --to \
+                 invalidation.requests:price [{}]"
+            )
+        );
         // Under a bar a real move is only counted; a dry run always names what would move.
         assert_eq!(line(&moved, false, true), None);
         assert_eq!(
