@@ -80,6 +80,12 @@ if ! python3 -c 'import osmem_server' >/dev/null 2>&1; then
   python3 -m pip install -q osmem-server 2>/dev/null || python3 -m pip install -q --break-system-packages osmem-server
 fi
 
+# --- pika (the producer guide's Python publisher runs in the tests) ----------
+if ! python3 -c 'import pika' >/dev/null 2>&1; then
+  log "Installing pika"
+  python3 -m pip install -q pika 2>/dev/null || python3 -m pip install -q --break-system-packages pika
+fi
+
 # --- promtool (the tests check every worker's /metrics with it) -------------
 have promtool || apt_install prometheus
 

@@ -12,6 +12,7 @@ mod jobs;
 mod monitoring;
 mod operators;
 mod pipeline;
+mod producers;
 mod replay;
 mod search;
 mod secrets;
