@@ -428,7 +428,7 @@ pub async fn tasks(pool: &PgPool, id: Uuid) -> sqlx::Result<Vec<TaskRow>> {
 }
 
 /// A job with its progress, for `jobs list`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct JobSummary {
     pub id: Uuid,
     pub request_id: String,
@@ -442,13 +442,35 @@ pub struct JobSummary {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-pub async fn recent_jobs(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<JobSummary>> {
+/// The newest jobs, optionally only those in `state` (running, completed).
+pub async fn recent_jobs(
+    pool: &PgPool,
+    limit: i64,
+    state: Option<&str>,
+) -> sqlx::Result<Vec<JobSummary>> {
     sqlx::query_as(
         "SELECT j.id, j.request_id, j.invalidation_type, j.index_key, j.state, j.total_hits, j.task_count,
                 (SELECT count(*) FROM job_tasks t WHERE t.job_id = j.id AND t.status = 'done') AS done_tasks,
                 j.created_at, j.completed_at
-         FROM jobs j ORDER BY j.created_at DESC LIMIT $1",
+         FROM jobs j WHERE ($2::text IS NULL OR j.state = $2)
+         ORDER BY j.created_at DESC LIMIT $1",
     )
+    .bind(limit)
+    .bind(state)
+    .fetch_all(pool)
+    .await
+}
+
+/// Jobs whose id starts with `prefix` (as `jobs list` prints it), at most `limit`.
+pub async fn jobs_by_id_prefix(
+    pool: &PgPool,
+    prefix: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "SELECT * FROM jobs WHERE id::text LIKE $1 || '%' ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(prefix)
     .bind(limit)
     .fetch_all(pool)
     .await

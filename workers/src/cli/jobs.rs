@@ -21,15 +21,22 @@ pub enum JobsCommand {
         /// How many jobs to show.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        /// Only jobs in this state.
+        #[arg(long, value_parser = ["running", "completed"])]
+        state: Option<String>,
+        /// One JSON object per job instead of the table (for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// One job and each of its partition tasks.
     Show {
-        /// The job id (a UUID, as `jobs list` prints it).
+        /// The job id, a unique prefix of it (as `jobs list` prints it), or
+        /// the request id of a split request.
         id: String,
     },
     /// Re-publish the job's tasks that are not done (after a purge or an outage).
     Resume {
-        /// The job id (a UUID, as `jobs list` prints it).
+        /// The job id, a unique prefix of it, or the request id.
         id: String,
     },
 }
@@ -41,7 +48,9 @@ pub async fn run(config: &Config, cmd: JobsCommand) -> anyhow::Result<ExitCode> 
     // command pointed at the wrong database says so instead of "no jobs".
     let pool = db::connect_existing(&config.database.url, 2).await?;
     match cmd {
-        JobsCommand::List { limit } => list(&pool, limit).await,
+        JobsCommand::List { limit, state, json } => {
+            list(&pool, limit, state.as_deref(), json).await
+        }
         JobsCommand::Show { id } => {
             let job = find(&pool, &id).await?;
             show(&pool, &job).await
@@ -53,25 +62,72 @@ pub async fn run(config: &Config, cmd: JobsCommand) -> anyhow::Result<ExitCode> 
     }
 }
 
-/// Parses `id` and loads the job; both failures name the id.
+/// Finds one job by its id, a unique prefix of it, or its request id; a
+/// miss or an ambiguous prefix says what to type instead.
 async fn find(pool: &PgPool, id: &str) -> anyhow::Result<JobRow> {
-    let uuid = Uuid::parse_str(id.trim()).with_context(|| {
-        format!("{id:?} is not a job id; job ids are UUIDs, as `fleet jobs list` prints them")
-    })?;
-    db::job(pool, uuid)
-        .await
-        .with_context(|| format!("cannot read job {uuid} from PostgreSQL"))?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no job with id {uuid} in this database; `fleet jobs list` shows the recent ones"
-            )
-        })
-}
-
-async fn list(pool: &PgPool, limit: i64) -> anyhow::Result<ExitCode> {
-    let jobs = db::recent_jobs(pool, limit.max(1))
+    let id = id.trim();
+    if let Ok(uuid) = Uuid::parse_str(id) {
+        return db::job(pool, uuid)
+            .await
+            .with_context(|| format!("cannot read job {uuid} from PostgreSQL"))?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no job with id {uuid} in this database; `fleet jobs list` shows the recent ones"
+                )
+            });
+    }
+    let mut found = db::jobs_of_request(pool, id)
         .await
         .context("cannot read jobs from PostgreSQL")?;
+    let prefix = id.to_ascii_lowercase();
+    if found.is_empty()
+        && prefix.len() >= 4
+        && prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    {
+        found = db::jobs_by_id_prefix(pool, &prefix, 10)
+            .await
+            .context("cannot read jobs from PostgreSQL")?;
+    }
+    match found.len() {
+        0 => anyhow::bail!(
+            "no job with id, id prefix or request id {id:?} in this database; \
+             `fleet jobs list` shows the recent ones (a request resolved in place has no job)"
+        ),
+        1 => Ok(found.remove(0)),
+        _ => {
+            let candidates: Vec<String> = found
+                .iter()
+                .map(|j| {
+                    format!(
+                        "  {}  {} {} on {}",
+                        j.id, j.request_id, j.invalidation_type, j.index_key
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "{id:?} names {} jobs; give one of their ids:\n{}",
+                found.len(),
+                candidates.join("\n")
+            )
+        }
+    }
+}
+
+async fn list(
+    pool: &PgPool,
+    limit: i64,
+    state: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let jobs = db::recent_jobs(pool, limit.max(1), state)
+        .await
+        .context("cannot read jobs from PostgreSQL")?;
+    if json {
+        for j in &jobs {
+            println!("{}", serde_json::to_string(j)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if jobs.is_empty() {
         println!("No jobs yet: only requests over the split limit become jobs.");
         return Ok(ExitCode::SUCCESS);

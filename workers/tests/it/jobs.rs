@@ -364,3 +364,61 @@ async fn one_broken_job_does_not_stop_the_sweep_for_the_others() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].json()["jobId"], fine.id.to_string());
 }
+
+async fn fleet_out(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(fleet_bin())
+        .args(args)
+        .envs(env.env_vars())
+        .envs(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn jobs_are_found_by_request_id_or_id_prefix_and_listed_by_state_as_json() {
+    let env = TestEnv::new().await;
+    let pool = env.db().await;
+    let job = seed_job(&pool, "find-me-1", "brand.id", &[(None, None)]).await;
+    let prefix = &job.id.to_string()[..8];
+    for key in ["find-me-1", prefix] {
+        let (ok, out, err) = fleet_out(&env, &["jobs", "show", key], &[]).await;
+        assert!(ok, "{err}");
+        assert!(out.contains(&job.id.to_string()), "{out}");
+    }
+    let (ok, out, err) =
+        fleet_out(&env, &["jobs", "list", "--state", "running", "--json"], &[]).await;
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["request_id"], "find-me-1");
+    assert!(err.contains("PostgreSQL:"), "names what it reads: {err}");
+    let (ok, out, _) = fleet_out(
+        &env,
+        &["jobs", "list", "--state", "completed", "--json"],
+        &[],
+    )
+    .await;
+    assert!(ok && out.trim().is_empty(), "{out}");
+    // Pointed at a database without the fleet's tables, it says so rather
+    // than "no jobs", and creates nothing there.
+    let (ok, _, err) = fleet_out(
+        &env,
+        &["jobs", "list"],
+        &[(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )],
+    )
+    .await;
+    assert!(!ok, "{err}");
+    assert!(err.contains("no fleet tables"), "{err}");
+}
