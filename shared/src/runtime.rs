@@ -454,7 +454,12 @@ async fn run_session<H: Handler>(
 /// The span every line about one message is logged in. Handlers fill in
 /// what they learn from the body (`request_id`, `job_id`, `task`).
 fn message_span(ctx: &Context, msg: &Incoming) -> tracing::Span {
-    let attempt = header_i64(msg.headers(), headers::ATTEMPTS).unwrap_or(0) + 1;
+    // A producer's own counter is not believed here either.
+    let attempt = if belief(ctx, msg).counters {
+        header_i64(msg.headers(), headers::ATTEMPTS).unwrap_or(0) + 1
+    } else {
+        1
+    };
     let message_id = msg
         .delivery
         .properties
