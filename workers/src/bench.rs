@@ -724,7 +724,7 @@ async fn measure(env: &mut BenchEnv, opts: &Options, command_line: &str) -> anyh
         .with_context(|| format!("search cluster at {}", env.config.search.url))?;
     let ctx = env.context("bench").await?;
     let identity = Identity::new("bench");
-    let conn = broker::connect(&env.config.amqp.url, &identity, "bench").await?;
+    let conn = broker::connect(&env.config.amqp, &identity, "bench").await?;
     let control = conn.create_channel().await?;
     let machine = machine_description();
     eprintln!("{machine}");
