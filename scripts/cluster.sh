@@ -38,7 +38,7 @@ AMQP_PORT="${CLUSTER_AMQP_PORT:-5701}"
 MGMT_PORT="${CLUSTER_MGMT_PORT:-$((AMQP_PORT + 10000))}"
 DIST_PORT="${CLUSTER_DIST_PORT:-$((AMQP_PORT + 20000))}"
 RMQ_BIN=/usr/lib/rabbitmq/bin
-START_WAIT="${CLUSTER_START_WAIT:-180}"
+START_WAIT="${CLUSTER_START_WAIT:-180}"   # seconds a node may take to boot
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -78,11 +78,17 @@ as_rabbitmq() { # command… : runs as the rabbitmq user with the cluster's envi
 
 ctl() { local n="$1"; shift; as_rabbitmq "$n" "$RMQ_BIN/rabbitmqctl" -n "$(node "$n")" "$@"; }
 running() { ctl "$1" -q ping >/dev/null 2>&1; }
-# Whether node n's VM runs (cheap: its pid file, no CLI round trip).
-vm_alive() {
-  local pid; pid="$(cat "$(node_dir "$1")/pid" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+# Whether a process runs. A killed VM can stay a zombie for a while where
+# PID 1 is slow to reap (kill -0 still succeeds on it): that is not running.
+pid_alive() {
+  local state
+  [[ "${1:-}" =~ ^[0-9]+$ ]] || return 1
+  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [[ "$state" != Z* ]]
 }
+node_pid() { cat "$(node_dir "$1")/pid" 2>/dev/null || true; }
+# Whether node n's VM runs (cheap: its pid file, no CLI round trip).
+vm_alive() { pid_alive "$(node_pid "$1")"; }
 
 check_node_arg() {
   [[ "${1:-}" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$NODES" ] \
@@ -144,6 +150,8 @@ start_node() { # n: starts the VM if it does not run (does not wait)
   for p in "$(amqp_port "$n")" "$(mgmt_port "$n")" "$(dist_port "$n")"; do
     port_open "$p" && die "port $p (for $(node "$n")) is taken by another process; choose other ports with CLUSTER_AMQP_PORT"
   done
+  # The pid file of a VM that was killed: the new VM writes its own.
+  rm -f "$(node_dir "$n")/pid"
   log "Starting $(node "$n") (AMQP $(amqp_port "$n"), management $(mgmt_port "$n"))"
   # `runuser` resets the soft open-files limit to 1,024: raise it inside.
   as_rabbitmq "$n" sh -c "ulimit -n 20000 && exec $RMQ_BIN/rabbitmq-server -detached" \
@@ -151,13 +159,15 @@ start_node() { # n: starts the VM if it does not run (does not wait)
 }
 
 await_node() { # n
-  local n="$1" i
-  for i in $(seq 1 "$START_WAIT"); do
+  local n="$1" deadline=$((SECONDS + START_WAIT))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     if ctl "$n" -q await_startup --timeout 5 >/dev/null 2>&1; then return 0; fi
+    # The VM writes its pid file as it boots; one that wrote it and died is not coming.
+    if [ -n "$(node_pid "$n")" ] && ! vm_alive "$n"; then break; fi
     sleep 1
   done
   tail -n 20 "$(node_dir "$n")/log/"*.log >&2 2>/dev/null || true
-  die "$(node "$n") did not start within ${START_WAIT} s; logs in $(node_dir "$n")/log"
+  die "$(node "$n") did not start within ${START_WAIT} s (or its VM exited); logs in $(node_dir "$n")/log"
 }
 
 clustered() { # n: whether node n counts node 1 among its cluster's members
@@ -210,14 +220,14 @@ stop_one() { # n: a clean stop, waiting for the VM to exit; a node that would
               # not stop (or a half-started one) is killed by its pid
   local n="$1" pid i
   [ -d "$(node_dir "$n")" ] || return 0
-  pid="$(cat "$(node_dir "$n")/pid" 2>/dev/null || true)"
+  pid="$(node_pid "$n")"
   [[ "$pid" =~ ^[0-9]+$ ]] || pid=""
-  if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 0; fi
+  if [ -n "$pid" ] && ! pid_alive "$pid"; then return 0; fi
   log "Stopping $(node "$n")"
   ctl "$n" -q stop --idempotent >/dev/null 2>&1 || true
   [ -n "$pid" ] || return 0
   for i in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    pid_alive "$pid" || return 0
     sleep 0.5
   done
   log "Killing $(node "$n") (pid $pid): it did not stop within 30 s"
@@ -262,8 +272,8 @@ case "${1:-}" in
     ;;
   kill-node)
     check_node_arg "${2:-}"
-    pid="$(cat "$(node_dir "$2")/pid" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || die "$(node "$2") has no pid file"
+    pid="$(node_pid "$2")"
+    pid_alive "$pid" || die "$(node "$2") is not running"
     log "Killing $(node "$2") (pid $pid)"
     kill -9 "$pid"
     ;;
