@@ -83,8 +83,9 @@ running() { ctl "$1" -q ping >/dev/null 2>&1; }
 pid_alive() {
   local state
   [[ "${1:-}" =~ ^[0-9]+$ ]] || return 1
-  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
-  [ -n "$state" ] && [[ "$state" != Z* ]]
+  # /proc/PID/stat: "PID (comm) STATE …"
+  state="$(sed -n 's/^.*) \([A-Za-z]\).*$/\1/p' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
 }
 node_pid() { cat "$(node_dir "$1")/pid" 2>/dev/null || true; }
 # Whether node n's VM runs (cheap: its pid file, no CLI round trip).
