@@ -1,24 +1,32 @@
-//! RabbitMQ plumbing every worker shares: named connections, a confirming
-//! publisher, and headers helpers.
+//! RabbitMQ plumbing every worker shares: named connections to the first
+//! node of a cluster that answers, a confirming publisher, and headers
+//! helpers.
 //!
 //! Invariants:
 //! - every publish waits for the broker's confirm (`confirm_select` is done
 //!   when a channel is created, never forgotten), and a returned (unroutable)
 //!   message is an error, not a success;
 //! - no channel outlives its connection: the publisher re-creates its channel
-//!   from the pool after any failure instead of holding a dead one.
+//!   from the pool after any failure instead of holding a dead one;
+//! - no connection attempt waits longer than the connect timeout (TCP connect
+//!   and AMQP handshake together), and every connection has the heartbeat
+//!   on: a node that accepts and never answers costs seconds, never forever.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_lapin::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use deadpool_lapin::lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, TLSConfig};
 use deadpool_lapin::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use deadpool_lapin::lapin::uri::AMQPUri;
 use deadpool_lapin::lapin::Confirmation;
 use deadpool_lapin::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use deadpool_lapin::{Pool, Runtime};
 use tokio::sync::Mutex;
 
+use crate::config::{split_list, AmqpConfig};
 use crate::error::{Service, ServiceError};
 
 /// Who is talking to the broker: shows in the management UI as the
@@ -97,28 +105,231 @@ fn properties(identity: &Identity, role: &str) -> ConnectionProperties {
         .with_client_property("product".into(), "fleet".into())
 }
 
-/// Opens a named connection; the error says which service is missing and how to start it.
+/// The broker nodes a process may use (`amqp.url`: one URL, or the nodes of
+/// a cluster comma-separated), and how long one attempt at one node may take.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    urls: Vec<String>,
+    connect_timeout: Duration,
+    heartbeat: u16,
+}
+
+impl Nodes {
+    /// `list`: node URLs, comma-separated. A URL's own `heartbeat` and
+    /// `connection_timeout` (milliseconds) queries win over the arguments.
+    pub fn new(list: &str, connect_timeout: Duration, heartbeat: Duration) -> Self {
+        Self {
+            urls: split_list(list).into_iter().map(str::to_string).collect(),
+            connect_timeout,
+            heartbeat: heartbeat.as_secs().clamp(1, u16::MAX.into()) as u16,
+        }
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// Node `i`'s URL without its password, for messages.
+    pub fn shown(&self, i: usize) -> String {
+        self.urls.get(i).map(|u| redact(u)).unwrap_or_default()
+    }
+
+    /// Tries every node once, in order from node `start` (wrapping round),
+    /// each attempt bounded by the connect timeout. Returns the connection
+    /// and the index of its node; the error names every node and what
+    /// happened there.
+    pub async fn connect_from(
+        &self,
+        identity: &Identity,
+        role: &str,
+        start: usize,
+    ) -> Result<(Connection, usize), ServiceError> {
+        let mut failures = Vec::new();
+        for k in 0..self.urls.len() {
+            let i = (start + k) % self.urls.len();
+            match self.connect_node(i, properties(identity, role)).await {
+                Ok(conn) => {
+                    if !failures.is_empty() {
+                        tracing::warn!(
+                            node = %self.shown(i),
+                            skipped = %failures.join("; "),
+                            role,
+                            "Connected to another broker node."
+                        );
+                    }
+                    return Ok((conn, i));
+                }
+                Err(why) => failures.push(format!("{} {why}", self.shown(i))),
+            }
+        }
+        let what = if self.urls.len() == 1 {
+            "RabbitMQ".to_string()
+        } else {
+            format!("any of the {} RabbitMQ nodes", self.urls.len())
+        };
+        Err(ServiceError::new(
+            Service::RabbitMq,
+            format!(
+                "cannot connect to {what}: {}. Is it running? Start it with \
+                 `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
+                if failures.is_empty() {
+                    "AMQP_URL names no node".to_string()
+                } else {
+                    failures.join("; ")
+                }
+            ),
+        ))
+    }
+
+    /// One attempt at node `i`: the TCP connect and the AMQP handshake
+    /// together within the connect timeout, with the heartbeat on.
+    async fn connect_node(
+        &self,
+        i: usize,
+        props: ConnectionProperties,
+    ) -> Result<Connection, String> {
+        let mut uri: AMQPUri = self.urls[i]
+            .parse()
+            .map_err(|e| format!("is not an AMQP URL ({e})"))?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(self.heartbeat);
+        }
+        let limit = uri
+            .query
+            .connection_timeout
+            .map(Duration::from_millis)
+            .unwrap_or(self.connect_timeout);
+        let runtime =
+            deadpool_lapin::lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        // lapin drives the connection from a thread of its own, which a
+        // dropped handshake does not stop: it would wait on a node that never
+        // answers for as long as the node keeps the socket open. A copy of
+        // the socket lets a timed-out attempt shut it, which ends that thread.
+        let socket: Arc<std::sync::Mutex<Option<std::net::TcpStream>>> = Arc::default();
+        let slot = socket.clone();
+        let attempt = Connection::connector(
+            uri,
+            runtime,
+            async move |uri: AMQPUri, runtime| {
+                let stream =
+                    AMQPUriTcpExt::connect_with_config_async(&uri, TLSConfig::default(), &runtime)
+                        .await
+                        .map_err(deadpool_lapin::lapin::Error::from)?;
+                if let AsyncTcpStream::Plain(plain) = &stream {
+                    if let Ok(fd) = plain.get_ref().as_fd().try_clone_to_owned() {
+                        // `unwrap`: the lock is never held across a panic.
+                        *slot.lock().unwrap() = Some(std::net::TcpStream::from(fd));
+                    }
+                }
+                Ok(stream)
+            },
+            props,
+        );
+        let result = tokio::time::timeout(limit, attempt).await;
+        // `unwrap`: the lock is never held across a panic.
+        let copy = socket.lock().unwrap().take();
+        match result {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(format!("failed: {e}")),
+            Err(_) => {
+                if let Some(s) = copy {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+                Err(format!(
+                    "did not answer within {} (TCP connect and AMQP handshake)",
+                    humantime::format_duration(limit)
+                ))
+            }
+        }
+    }
+}
+
+impl From<&AmqpConfig> for Nodes {
+    fn from(c: &AmqpConfig) -> Self {
+        Nodes::new(&c.url, c.connect_timeout, c.heartbeat)
+    }
+}
+
+/// A bare URL list takes the default connect timeout and heartbeat.
+impl From<&str> for Nodes {
+    fn from(list: &str) -> Self {
+        let d = AmqpConfig::default();
+        Nodes::new(list, d.connect_timeout, d.heartbeat)
+    }
+}
+
+impl From<&String> for Nodes {
+    fn from(list: &String) -> Self {
+        Nodes::from(list.as_str())
+    }
+}
+
+impl From<&Nodes> for Nodes {
+    fn from(n: &Nodes) -> Self {
+        n.clone()
+    }
+}
+
+/// Opens a named connection to the first node that answers (`target`: the
+/// `amqp` configuration, or a URL list with the default timeouts); the error
+/// names every node, what happened there, and how to start a broker.
 pub async fn connect(
-    url: &str,
+    target: impl Into<Nodes>,
     identity: &Identity,
     role: &str,
 ) -> Result<Connection, ServiceError> {
-    Connection::connect(url, properties(identity, role))
+    target
+        .into()
+        .connect_from(identity, role, 0)
         .await
-        .map_err(|e| unreachable(url, e))
+        .map(|(conn, _)| conn)
 }
 
-/// The broker did not answer: say where and how to start it.
-fn unreachable(url: &str, cause: impl std::fmt::Display) -> ServiceError {
-    ServiceError::new(
-        Service::RabbitMq,
-        format!(
-            "cannot connect to RabbitMQ at {}: {cause}. Is it running? Start it with \
-             `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
-            redact(url)
-        ),
-    )
+/// Makes the publisher's pooled connections: each goes to the node the
+/// last one reached (or the next ones, when that node is gone).
+pub struct NodeManager {
+    nodes: Nodes,
+    identity: Identity,
+    /// The node the last connection reached.
+    current: AtomicUsize,
 }
+
+impl deadpool::managed::Manager for NodeManager {
+    type Type = Connection;
+    type Error = ServiceError;
+
+    async fn create(&self) -> Result<Connection, ServiceError> {
+        let start = self.current.load(Ordering::Relaxed);
+        let (conn, i) = self
+            .nodes
+            .connect_from(&self.identity, "publisher", start)
+            .await?;
+        self.current.store(i, Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut Connection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<ServiceError> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(deadpool::managed::RecycleError::message(
+                "connection lost; a new one is made",
+            ))
+        }
+    }
+}
+
+/// A connection of the publisher's pool (derefs to a lapin `Connection`).
+pub type PooledConnection = deadpool::managed::Object<NodeManager>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
@@ -172,50 +383,45 @@ pub struct Publisher {
 }
 
 struct PublisherInner {
-    pool: Pool,
-    url: String,
+    pool: deadpool::managed::Pool<NodeManager>,
     channel: Mutex<Option<Channel>>,
     confirm_timeout: Duration,
 }
 
 impl Publisher {
-    /// Creates the pool and checks the broker answers.
+    /// Creates the pool and checks a broker node answers (`target`: the
+    /// `amqp` configuration, or a URL list with the default timeouts).
     pub async fn connect(
-        url: &str,
+        target: impl Into<Nodes>,
         identity: &Identity,
         confirm_timeout: Duration,
     ) -> Result<Self, ServiceError> {
-        let identity_clone = identity.clone();
-        let cfg = deadpool_lapin::Config {
-            url: Some(url.to_string()),
-            pool: Some(deadpool_lapin::PoolConfig::new(2)),
+        let nodes = target.into();
+        let manager = NodeManager {
+            nodes,
+            identity: identity.clone(),
+            current: AtomicUsize::new(0),
         };
-        let pool = cfg
-            .create_pool(
-                move || properties(&identity_clone, "publisher"),
-                Runtime::Tokio1,
-            )
-            .map_err(|e| unreachable(url, e))?;
+        let pool = deadpool::managed::Pool::builder(manager)
+            .max_size(2)
+            .build()
+            .map_err(|e| ServiceError::new(Service::RabbitMq, format!("publisher pool: {e}")))?;
         let publisher = Self {
             inner: Arc::new(PublisherInner {
                 pool,
-                url: url.to_string(),
                 channel: Mutex::new(None),
                 confirm_timeout,
             }),
         };
         // Check the broker answers now, so a missing one is reported at
         // start-up in plain words rather than at the first publish.
-        let probe = match publisher.inner.pool.get().await {
-            Ok(_) => publisher
-                .channel()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(deadpool_lapin::PoolError::Backend(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        probe.map_err(|e| unreachable(url, e))?;
+        drop(publisher.connection().await?);
+        publisher.channel().await.map_err(|e| {
+            ServiceError::new(
+                Service::RabbitMq,
+                format!("RabbitMQ answered but refused a publisher channel: {e}"),
+            )
+        })?;
         Ok(publisher)
     }
 
@@ -229,11 +435,9 @@ impl Publisher {
         }
         *slot = None;
         let conn = self
-            .inner
-            .pool
-            .get()
+            .connection()
             .await
-            .map_err(|e| PublishError::Broker(format!("{}: {e}", redact(&self.inner.url))))?;
+            .map_err(|e| PublishError::Broker(e.to_string()))?;
         let ch = conn
             .create_channel()
             .await
@@ -282,13 +486,13 @@ impl Publisher {
         }
     }
 
-    /// A fresh connection from the pool, for topology declares.
-    pub async fn connection(&self) -> Result<deadpool_lapin::Connection, ServiceError> {
-        self.inner
-            .pool
-            .get()
-            .await
-            .map_err(|e| unreachable(&self.inner.url, e))
+    /// A live connection from the pool (for topology declares and health
+    /// checks); a lost one is replaced, on another node if need be.
+    pub async fn connection(&self) -> Result<PooledConnection, ServiceError> {
+        self.inner.pool.get().await.map_err(|e| match e {
+            deadpool::managed::PoolError::Backend(e) => e,
+            other => ServiceError::new(Service::RabbitMq, format!("publisher pool: {other}")),
+        })
     }
 }
 

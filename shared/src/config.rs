@@ -87,11 +87,29 @@ impl PartialEq for Origins {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpConfig {
-    /// AMQP URL; its vhost is the one every worker uses (`AMQP_URL`).
+    /// AMQP URL (`AMQP_URL`); its vhost is the one every worker uses. A
+    /// cluster is several node URLs, comma-separated, on the same vhost: a
+    /// worker connects to the first that answers and moves on to the next
+    /// when it loses one.
     pub url: String,
-    /// RabbitMQ management API base URL with credentials (`RABBITMQ_MANAGEMENT_URL`);
-    /// used by `topology plan`, `status` and `dlq list`.
+    /// RabbitMQ management API base URL with credentials (`RABBITMQ_MANAGEMENT_URL`),
+    /// or several, comma-separated (one per node; the first that answers is
+    /// used); for `topology plan`, `status` and `dlq list`. Empty: derived
+    /// from `url`, each node's host and credentials with its AMQP port plus
+    /// 10000 (RabbitMQ's own pairing: 5672 → 15672, 5671 → https 15671).
     pub management_url: String,
+    /// How long one connection attempt to one node may take, TCP connect and
+    /// AMQP handshake together. A node that accepts connections but never
+    /// answers (a wedged node) costs this long, then the next node is tried.
+    /// A node URL's own `connection_timeout` query (milliseconds) wins.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The AMQP heartbeat asked of the broker (whole seconds): a connection
+    /// to a node that stopped answering is declared dead after about twice
+    /// this, and the worker reconnects elsewhere. A node URL's own
+    /// `heartbeat` query wins.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
     /// Unacknowledged deliveries per consumer; also the number of messages a
     /// worker processes at once.
     pub prefetch: u16,
@@ -103,11 +121,78 @@ pub struct AmqpConfig {
     pub confirm_timeout: Duration,
 }
 
+impl AmqpConfig {
+    /// The node URLs of `url`, in order.
+    pub fn nodes(&self) -> Vec<&str> {
+        split_list(&self.url)
+    }
+
+    /// The management API URL(s) to use: the configured ones, or the ones
+    /// derived from the node URLs.
+    pub fn management(&self) -> String {
+        if self.management_url.trim().is_empty() {
+            derive_management_url(&self.url)
+        } else {
+            self.management_url.clone()
+        }
+    }
+
+    /// Points the configuration at other nodes; a management URL that was
+    /// derived from the old ones follows them.
+    pub fn set_url(&mut self, url: &str) {
+        if self.management_url == derive_management_url(&self.url) {
+            self.management_url = derive_management_url(url);
+        }
+        self.url = url.to_string();
+    }
+}
+
+/// The non-empty, trimmed items of a comma-separated list.
+pub fn split_list(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The management API URLs of the nodes of `amqp_urls`: same host and
+/// credentials, `http` for `amqp` (`https` for `amqps`), port + 10000. Nodes
+/// that give the same address appear once.
+pub fn derive_management_url(amqp_urls: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for node in split_list(amqp_urls) {
+        let Ok(u) = reqwest::Url::parse(node) else {
+            continue;
+        };
+        let (scheme, default_port) = match u.scheme() {
+            "amqps" => ("https", 5671),
+            _ => ("http", 5672),
+        };
+        let port = u.port().unwrap_or(default_port) as u32 + 10_000;
+        // `host_str` keeps the brackets of an IPv6 address.
+        let Some(host) = u.host_str() else {
+            continue;
+        };
+        let credentials = match (u.username(), u.password()) {
+            ("", _) => String::new(),
+            (user, Some(pass)) => format!("{user}:{pass}@"),
+            (user, None) => format!("{user}@"),
+        };
+        let m = format!("{scheme}://{credentials}{host}:{port}");
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out.join(",")
+}
+
 impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-            management_url: "http://guest:guest@127.0.0.1:15672".into(),
+            management_url: String::new(),
+            connect_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(30),
             prefetch: 64,
             reconnect_max_backoff: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(30),
@@ -576,6 +661,10 @@ impl Config {
                 message: e.into_inner().to_string(),
             }
         })?;
+        let mut config = config;
+        if config.amqp.management_url.trim().is_empty() {
+            config.amqp.management_url = derive_management_url(&config.amqp.url);
+        }
         config.validate()?;
         let mut config = config;
         config.origins = Origins(sources);
@@ -651,6 +740,7 @@ impl Config {
         if self.amqp.prefetch == 0 {
             return invalid("amqp.prefetch", "must be at least 1");
         }
+        self.validate_amqp()?;
         if self.retry.delay.is_zero() {
             return invalid("retry.delay", "must be longer than zero");
         }
@@ -675,6 +765,58 @@ impl Config {
             if t != "classic" && t != "quorum" {
                 return invalid("topology.queue_type", "must be `classic` or `quorum`");
             }
+        }
+        Ok(())
+    }
+
+    /// The node list: at least one URL, every one an AMQP URL, all on one vhost.
+    fn validate_amqp(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| {
+            Err(ConfigError::Invalid {
+                key: "amqp.url".into(),
+                message,
+            })
+        };
+        let nodes = self.amqp.nodes();
+        if nodes.is_empty() {
+            return invalid("names no broker node".into());
+        }
+        let mut vhosts = std::collections::BTreeSet::new();
+        for node in &nodes {
+            match reqwest::Url::parse(node) {
+                Ok(u) if matches!(u.scheme(), "amqp" | "amqps") && u.has_host() => {
+                    vhosts.insert(crate::mgmt::vhost_of(node));
+                }
+                _ => {
+                    return invalid(format!(
+                        "{} is not an amqp:// or amqps:// URL",
+                        crate::broker::redact(node)
+                    ))
+                }
+            }
+        }
+        if vhosts.len() > 1 {
+            return invalid(format!(
+                "the nodes of one cluster must name the same vhost, not {}",
+                vhosts
+                    .iter()
+                    .map(|v| format!("{v:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        }
+        if self.amqp.connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "amqp.connect_timeout".into(),
+                message: "must be longer than zero".into(),
+            });
+        }
+        if self.amqp.heartbeat.as_secs() == 0 || self.amqp.heartbeat.as_secs() > u16::MAX as u64 {
+            return Err(ConfigError::Invalid {
+                key: "amqp.heartbeat".into(),
+                message: "must be whole seconds from 1 s to 65535 s (the heartbeat stays on)"
+                    .into(),
+            });
         }
         Ok(())
     }
@@ -967,6 +1109,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("did you mean FLEET_RETRY_DELAY?"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_nodes_on_one_vhost() {
+        let c = Config::load_from(
+            None,
+            vars(&[(
+                "AMQP_URL",
+                "amqp://u:p@10.0.0.1:5672/prod, amqp://u:p@10.0.0.2/prod,amqp://u:p@[::1]:5701/prod",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.amqp.nodes().len(), 3);
+        assert_eq!(c.amqp.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.amqp.heartbeat, Duration::from_secs(30));
+        // Not configured: one management URL per node, port + 10000.
+        assert_eq!(
+            c.amqp.management_url,
+            "http://u:p@10.0.0.1:15672,http://u:p@10.0.0.2:15672,http://u:p@[::1]:15701"
+        );
+        let err = Config::load_from(
+            None,
+            vars(&[("AMQP_URL", "amqp://u:secret@a/one,amqp://u:secret@b/two")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("amqp.url") && err.contains("same vhost"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+        let err = Config::load_from(None, vars(&[("AMQP_URL", "http://a:5672/")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an amqp://"), "{err}");
+        let err = Config::load_from(None, vars(&[("FLEET_AMQP_HEARTBEAT", "0s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn a_configured_management_url_stays_and_a_derived_one_follows_the_nodes() {
+        let mut c = Config::load_from(None, vars(&[])).unwrap();
+        assert_eq!(c.amqp.management_url, "http://guest:guest@127.0.0.1:15672");
+        c.amqp
+            .set_url("amqps://u:p@h1:5671/v,amqps://u:p@h2:5671/v");
+        assert_eq!(
+            c.amqp.management_url,
+            "https://u:p@h1:15671,https://u:p@h2:15671"
+        );
+        let mut c = Config::load_from(
+            None,
+            vars(&[("RABBITMQ_MANAGEMENT_URL", "http://admin:x@mgmt:8080")]),
+        )
+        .unwrap();
+        c.amqp.set_url("amqp://h1/v");
+        assert_eq!(c.amqp.management_url, "http://admin:x@mgmt:8080");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! on `rbase64`, which installs mimalloc as the process's global allocator —
 //! every worker's allocator would change with a CLI helper dependency.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, Url};
@@ -99,6 +101,14 @@ pub struct QueueInfo {
     /// Publish and delivery rates, when the broker has any to report.
     #[serde(default)]
     pub message_stats: MessageStats,
+    /// Quorum queues: the node that leads the queue (where its writes go).
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// Quorum queues: the nodes that hold a replica. (Which of them are up
+    /// comes from [`Management::nodes`]: 3.10 sends the queue's `online`
+    /// key twice, the second time with every member.)
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 impl QueueInfo {
@@ -143,6 +153,16 @@ pub struct Rate {
     /// Per second, averaged over the broker's sample window.
     #[serde(default)]
     pub rate: f64,
+}
+
+/// One cluster node as `GET /api/nodes` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NodeInfo {
+    /// `rabbit@host`.
+    pub name: String,
+    /// Whether the node is up (a stopped member of the cluster is listed too).
+    #[serde(default)]
+    pub running: bool,
 }
 
 /// One exchange as `GET /api/exchanges/<vhost>` reports it.
@@ -232,10 +252,21 @@ pub struct ChannelRef {
     pub connection_name: String,
 }
 
-/// A client of one broker's management API.
+/// A client of a broker's management API: one node, or the nodes of a
+/// cluster (the first that answers serves; the one that last answered goes
+/// first next time).
 #[derive(Clone)]
 pub struct Management {
     http: reqwest::Client,
+    /// One entry per node, in the configured order.
+    nodes: Vec<Node>,
+    /// The node that answered last.
+    current: Arc<AtomicUsize>,
+}
+
+/// One node's management API.
+#[derive(Clone)]
+struct Node {
     /// `http://host:port` without credentials.
     base: Url,
     user: String,
@@ -244,41 +275,33 @@ pub struct Management {
 
 impl Management {
     /// `url` carries the credentials: `http://guest:guest@127.0.0.1:15672`
-    /// (`guest`/`guest` when it has none).
+    /// (`guest`/`guest` when it has none); several such URLs, comma-separated,
+    /// for the nodes of a cluster.
     pub fn new(url: &str) -> Result<Self, MgmtError> {
-        let mut base = Url::parse(url).map_err(|e| MgmtError::BadUrl {
-            url: crate::broker::redact(url),
-            reason: e.to_string(),
-        })?;
-        if base.cannot_be_a_base() {
+        let mut nodes = Vec::new();
+        for one in crate::config::split_list(url) {
+            nodes.push(Node::parse(one)?);
+        }
+        if nodes.is_empty() {
             return Err(MgmtError::BadUrl {
                 url: crate::broker::redact(url),
-                reason: "not an http(s) URL".into(),
+                reason: "no URL".into(),
             });
         }
-        let user = match base.username() {
-            "" => "guest".to_string(),
-            u => percent_decode(u),
-        };
-        let password = base.password().map_or("guest".into(), percent_decode);
-        // Infallible on a base URL (checked above); the credentials go in a header instead.
-        let _ = base.set_username("");
-        let _ = base.set_password(None);
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .build()
             .map_err(MgmtError::Client)?;
         Ok(Self {
             http,
-            base,
-            user,
-            password,
+            nodes,
+            current: Arc::default(),
         })
     }
 
-    /// The user this client authenticates as.
+    /// The user this client authenticates as (on the first node).
     pub fn user(&self) -> &str {
-        &self.user
+        &self.nodes[0].user
     }
 
     // ------------------------------------------------------------- queues …
@@ -322,12 +345,17 @@ impl Management {
         .map(drop)
     }
 
+    /// The nodes of the cluster, running or not.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, MgmtError> {
+        self.get(&["nodes"]).await
+    }
+
     // ------------------------------------------------------------- vhosts
 
     /// Creates `vhost` and gives this client's user full permissions on it.
     pub async fn create_vhost(&self, vhost: &str) -> Result<(), MgmtError> {
         self.put(&["vhosts", vhost], &serde_json::json!({})).await?;
-        self.grant_all(vhost, &self.user).await
+        self.grant_all(vhost, self.user()).await
     }
 
     /// Deletes `vhost` with everything in it.
@@ -400,34 +428,50 @@ impl Management {
     }
 
     /// One authenticated call; `build` adds a body or headers. An error
-    /// status is an error, with the API's own explanation.
+    /// status is an error, with the API's own explanation. A node that does
+    /// not answer (refused, timed out) is skipped for the next one.
     async fn send(
         &self,
         method: Method,
         segments: &[&str],
-        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, MgmtError> {
         let path = Self::path(segments);
         let what = format!("{method} {path}");
-        let url = format!("{}{path}", self.base.as_str().trim_end_matches('/'));
-        let req = self
-            .http
-            .request(method, url)
-            .basic_auth(&self.user, Some(&self.password));
-        let res = build(req)
-            .send()
-            .await
-            .map_err(|source| MgmtError::Unreachable {
-                base: self.base.to_string(),
-                what: what.clone(),
-                source,
-            })?;
-        if !res.status().is_success() {
-            let status = res.status().as_u16();
-            let body = res.text().await.unwrap_or_default();
-            return Err(MgmtError::Status { what, status, body });
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for k in 0..self.nodes.len() {
+            let i = (first + k) % self.nodes.len();
+            let node = &self.nodes[i];
+            let url = format!("{}{path}", node.base.as_str().trim_end_matches('/'));
+            let req = self
+                .http
+                .request(method.clone(), url)
+                .basic_auth(&node.user, Some(&node.password));
+            match build(req).send().await {
+                Ok(res) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    if !res.status().is_success() {
+                        let status = res.status().as_u16();
+                        let body = res.text().await.unwrap_or_default();
+                        return Err(MgmtError::Status { what, status, body });
+                    }
+                    return Ok(res);
+                }
+                Err(source) => last_error = Some(source),
+            }
         }
-        Ok(res)
+        Err(MgmtError::Unreachable {
+            base: self
+                .nodes
+                .iter()
+                .map(|n| n.base.as_str().trim_end_matches('/'))
+                .collect::<Vec<_>>()
+                .join(", "),
+            what,
+            // `expect`: `new` refuses an empty node list, so the loop ran.
+            source: last_error.expect("at least one node was asked"),
+        })
     }
 
     async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T, MgmtError> {
@@ -446,6 +490,34 @@ impl Management {
             .map(drop)
     }
 }
+impl Node {
+    fn parse(url: &str) -> Result<Node, MgmtError> {
+        let mut base = Url::parse(url).map_err(|e| MgmtError::BadUrl {
+            url: crate::broker::redact(url),
+            reason: e.to_string(),
+        })?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(MgmtError::BadUrl {
+                url: crate::broker::redact(url),
+                reason: "not an http(s) URL".into(),
+            });
+        }
+        let user = match base.username() {
+            "" => "guest".to_string(),
+            u => percent_decode(u),
+        };
+        let password = base.password().map_or("guest".into(), percent_decode);
+        // Infallible on a base URL (checked above); the credentials go in a header instead.
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        Ok(Node {
+            base,
+            user,
+            password,
+        })
+    }
+}
+
 /// Percent-encodes one path segment (a vhost `/` is `%2F`).
 fn enc(segment: &str) -> String {
     segment
@@ -459,9 +531,14 @@ fn enc(segment: &str) -> String {
         .collect()
 }
 
-/// The vhost an AMQP URL names (`/` when it names none).
+/// The vhost an AMQP URL names (`/` when it names none); of a cluster's
+/// node list, the first node's (the configuration checks they agree).
 pub fn vhost_of(amqp_url: &str) -> String {
-    let Ok(url) = Url::parse(amqp_url) else {
+    let first = crate::config::split_list(amqp_url)
+        .first()
+        .copied()
+        .unwrap_or_default();
+    let Ok(url) = Url::parse(first) else {
         return "/".into();
     };
     let path = url.path().trim_start_matches('/');
@@ -498,13 +575,14 @@ mod tests {
         assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "/");
         assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672"), "/");
         assert_eq!(vhost_of("amqp://127.0.0.1:5672/test-1"), "test-1");
+        assert_eq!(vhost_of("amqp://a:5701/t%2Fx, amqp://b:5702/t%2Fx"), "t/x");
     }
 
     #[test]
     fn every_path_segment_is_encoded() {
         let m = Management::new("http://u:p%40ss@127.0.0.1:15672/").unwrap();
         assert_eq!(m.user(), "u");
-        assert_eq!(m.password, "p@ss");
+        assert_eq!(m.nodes[0].password, "p@ss");
         assert_eq!(
             Management::path(&["queues", "/", "a b.dlq"]),
             "/api/queues/%2F/a%20b.dlq"

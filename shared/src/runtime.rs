@@ -281,12 +281,20 @@ pub async fn consume<H: Handler>(
     let worker = ctx.identity.worker.clone();
     ctx.consumers.set(&queues, false);
     let mut redeclare = false;
+    // The cluster's nodes; `node` is the one to try first. After a lost
+    // session the next node goes first: the lost one may be down, or wedged
+    // (then trying it first would cost the connect timeout each time).
+    let nodes = broker::Nodes::from(&ctx.config.amqp);
+    let mut node = 0;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        let conn = match broker::connect(&ctx.config.amqp.url, &ctx.identity, "consumer").await {
-            Ok(c) => c,
+        let conn = match nodes.connect_from(&ctx.identity, "consumer", node).await {
+            Ok((c, i)) => {
+                node = i;
+                c
+            }
             Err(error) => {
                 tracing::warn!(%error, ?backoff, worker, "Broker unreachable; retrying.");
                 if sleep_or_shutdown(backoff, &shutdown).await {
@@ -314,7 +322,16 @@ pub async fn consume<H: Handler>(
         }
         let session = run_session(&ctx, &conn, &queues, handler.clone(), &shutdown).await;
         ctx.consumers.set(&queues, false);
-        let _ = conn.close(200, "worker stopping".into()).await;
+        // Bounded: a node that stopped answering never sends close-ok.
+        let _ = tokio::time::timeout(
+            ctx.config.amqp.connect_timeout,
+            conn.close(200, "worker stopping".into()),
+        )
+        .await;
+        if nodes.len() > 1 && !matches!(session, Ok(SessionEnd::Shutdown)) {
+            tracing::info!(worker, lost = %nodes.shown(node), "Trying the next broker node first.");
+            node = (node + 1) % nodes.len();
+        }
         match session {
             Ok(SessionEnd::Shutdown) => return,
             Ok(SessionEnd::Lost) => {

@@ -77,11 +77,26 @@ pub struct Defaults {
     /// the limit must never be reached.
     #[serde(default = "default_operator_delivery_limit")]
     pub operator_delivery_limit: i64,
+    /// `x-queue-leader-locator` of quorum queues: where a new queue's leader
+    /// goes. `balanced` spreads the leaders over the cluster's nodes (without
+    /// it every leader lands on the node `apply` is connected to);
+    /// `client-local` is that node; empty leaves it to the broker's default.
+    #[serde(default = "default_leader_locator")]
+    pub leader_locator: String,
 }
 
 fn default_operator_delivery_limit() -> i64 {
     1_000_000
 }
+
+fn default_leader_locator() -> String {
+    "balanced".into()
+}
+
+/// The queue argument that places a quorum queue's leader. The broker uses it
+/// only when it creates the queue, so a queue that was created without it
+/// keeps its leader and is not a conflict (see [`apply`] and [`plan`]).
+pub const LEADER_LOCATOR: &str = "x-queue-leader-locator";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -424,6 +439,15 @@ impl TopologyFile {
                 )))
             }
         };
+        if !matches!(
+            self.defaults.leader_locator.as_str(),
+            "" | "balanced" | "client-local"
+        ) {
+            return Err(TopologyError::Invalid(format!(
+                "leader_locator {:?} is none of \"balanced\", \"client-local\" or \"\"",
+                self.defaults.leader_locator
+            )));
+        }
         let dlx = &self.defaults.dead_letter_exchange;
         let mut exchanges: Vec<Exchange> = Vec::new();
         for e in &self.exchanges {
@@ -460,6 +484,12 @@ impl TopologyFile {
                 };
                 a.insert("x-queue-type".into(), Arg::Str("quorum".into()));
                 a.insert("x-delivery-limit".into(), Arg::Int(limit));
+                if !self.defaults.leader_locator.is_empty() {
+                    a.insert(
+                        LEADER_LOCATOR.into(),
+                        Arg::Str(self.defaults.leader_locator.clone()),
+                    );
+                }
                 if dead_letter {
                     a.insert(
                         "x-dead-letter-strategy".into(),
@@ -720,19 +750,32 @@ pub async fn apply(conn: &Connection, topology: &Topology) -> Result<ApplyReport
         ..Default::default()
     };
     for q in &topology.queues {
-        match ch
-            .queue_declare(q.name.as_str().into(), durable_q, table(&q.arguments))
-            .await
-        {
-            Ok(_) => report.queues += 1,
-            Err(err) => {
-                let text = err.to_string();
-                if !text.contains("PRECONDITION_FAILED") {
-                    return Err(broker(format!("queue {}", q.name))(err));
+        let mut arguments = q.arguments.clone();
+        loop {
+            match ch
+                .queue_declare(q.name.as_str().into(), durable_q, table(&arguments))
+                .await
+            {
+                Ok(_) => report.queues += 1,
+                Err(err) => {
+                    let text = err.to_string();
+                    if !text.contains("PRECONDITION_FAILED") {
+                        return Err(broker(format!("queue {}", q.name))(err));
+                    }
+                    ch = open().await?;
+                    let m = parse_precondition("queue", &q.name, &text);
+                    // A queue created before the topology placed leaders:
+                    // its leader is where it is, and that is no conflict.
+                    if m.argument == LEADER_LOCATOR
+                        && m.found == "none"
+                        && arguments.remove(LEADER_LOCATOR).is_some()
+                    {
+                        continue;
+                    }
+                    mismatches.push(m);
                 }
-                mismatches.push(parse_precondition("queue", &q.name, &text));
-                ch = open().await?;
             }
+            break;
         }
     }
     if !mismatches.is_empty() {
@@ -867,6 +910,11 @@ fn diff_args(
         if key == "x-queue-type" && w.is_none() && l == Some(Arg::Str("classic".into())) {
             continue;
         }
+        // Leader placement only counts when a queue is created (`apply`
+        // declares an older queue without it).
+        if key == LEADER_LOCATOR && l.is_none() {
+            continue;
+        }
         if w != l.as_ref() {
             changes.push(Change::Conflict(Mismatch {
                 kind,
@@ -982,6 +1030,44 @@ mod tests {
         // Operator queues are peeked with nack-requeue: their limit is never reached.
         let dlq = t.queue("invalidation.requests.fast.dlq").unwrap();
         assert_eq!(dlq.arguments["x-delivery-limit"], Arg::Int(1_000_000));
+        // Leaders spread over the nodes, for every queue.
+        assert!(t
+            .queues
+            .iter()
+            .all(|q| q.arguments.get(LEADER_LOCATOR) == Some(&Arg::Str("balanced".into()))));
+        // Classic queues have no leaders to place.
+        let classic = builtin(&Config::default());
+        assert!(classic
+            .queues
+            .iter()
+            .all(|q| !q.arguments.contains_key(LEADER_LOCATOR)));
+    }
+
+    #[test]
+    fn a_queue_made_before_leader_placement_is_no_conflict() {
+        let wanted = BTreeMap::from([
+            ("x-queue-type".to_string(), Arg::Str("quorum".into())),
+            (LEADER_LOCATOR.to_string(), Arg::Str("balanced".into())),
+        ]);
+        let older = serde_json::from_value(json!({"x-queue-type": "quorum"})).unwrap();
+        let mut changes = Vec::new();
+        diff_args("queue", "q", &wanted, &older, &mut changes);
+        assert!(changes.is_empty(), "{changes:?}");
+        // Another placement than the file's is still shown.
+        let other = serde_json::from_value(
+            json!({"x-queue-type": "quorum", LEADER_LOCATOR: "client-local"}),
+        )
+        .unwrap();
+        diff_args("queue", "q", &wanted, &other, &mut changes);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+    }
+
+    #[test]
+    fn an_unknown_leader_locator_is_refused() {
+        let mut file: TopologyFile = toml::from_str(BUILTIN).unwrap();
+        file.defaults.leader_locator = "min-masters".into();
+        let err = file.expand(&Config::default()).unwrap_err().to_string();
+        assert!(err.contains("min-masters"), "{err}");
     }
 
     #[test]

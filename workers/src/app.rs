@@ -118,7 +118,7 @@ impl Services {
 pub async fn context(config: &Arc<Config>, worker: &str) -> anyhow::Result<Context> {
     let identity = Identity::new(worker);
     let publisher =
-        Publisher::connect(&config.amqp.url, &identity, config.amqp.confirm_timeout).await?;
+        Publisher::connect(&config.amqp, &identity, config.amqp.confirm_timeout).await?;
     Ok(Context {
         config: config.clone(),
         identity,

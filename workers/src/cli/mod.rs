@@ -56,7 +56,7 @@ pub struct Global {
     /// TOML configuration file (see config/example.toml).
     #[arg(long, global = true, env = "FLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// RabbitMQ URL, overrides AMQP_URL.
+    /// RabbitMQ URL, or the node URLs of a cluster comma-separated; overrides AMQP_URL.
     #[arg(long, global = true, value_name = "URL")]
     pub amqp_url: Option<String>,
     /// RabbitMQ management API URL, overrides RABBITMQ_MANAGEMENT_URL.
@@ -81,7 +81,8 @@ impl Global {
     pub fn config(&self) -> anyhow::Result<Config> {
         let mut c = Config::load(self.config.as_deref())?;
         if let Some(v) = &self.amqp_url {
-            c.amqp.url = v.clone();
+            // A management URL derived from the old nodes follows the new ones.
+            c.amqp.set_url(v);
             c.set_origin("amqp.url", "--amqp-url");
         }
         if let Some(v) = &self.management_url {

@@ -44,12 +44,27 @@ pub struct QueueStatus {
     pub publish_rate: f64,
     /// Messages delivered per second (recent average; management statistics).
     pub deliver_rate: f64,
+    /// Quorum queues: the node leading the queue.
+    pub leader: Option<String>,
+    /// Quorum queues: replicas up, of all replicas.
+    pub replicas: Option<(usize, usize)>,
 }
 
 impl QueueStatus {
     /// `exact` is the broker's own answer (`None`: no such queue); `stats`
     /// the management API's entry for the queue, when it has one yet.
     pub fn new(name: &str, exact: Option<QueueCounts>, stats: Option<&QueueInfo>) -> Self {
+        Self::on_nodes(name, exact, stats, &[])
+    }
+
+    /// Like [`new`](Self::new); `down` names the cluster's stopped nodes, to
+    /// count a quorum queue's replicas that are up.
+    pub fn on_nodes(
+        name: &str,
+        exact: Option<QueueCounts>,
+        stats: Option<&QueueInfo>,
+        down: &[&str],
+    ) -> Self {
         let Some(exact) = exact else {
             return Self {
                 name: name.into(),
@@ -66,6 +81,24 @@ impl QueueStatus {
             consumers: exact.consumers.into(),
             publish_rate: stats.map_or(0.0, QueueInfo::publish_rate),
             deliver_rate: stats.map_or(0.0, QueueInfo::deliver_rate),
+            leader: stats.and_then(|s| s.leader.clone()),
+            replicas: stats.filter(|s| !s.members.is_empty()).map(|s| {
+                let up = s
+                    .members
+                    .iter()
+                    .filter(|m| !down.contains(&m.as_str()))
+                    .count();
+                (up, s.members.len())
+            }),
+        }
+    }
+
+    /// `fleet2@host` with `2/3` when a replica is down, for the leader column.
+    fn leader_cell(&self) -> String {
+        let leader = self.leader.as_deref().unwrap_or("-");
+        match self.replicas {
+            Some((up, all)) if up < all => format!("{leader} ({up}/{all} replicas up)"),
+            _ => leader.to_string(),
         }
     }
 }
@@ -94,6 +127,11 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
     let topo = Topology::load(config)?;
     // Who is connected first, so this command's own connection is not among them.
     let workers = worker_connections(&mgmt, &vhost).await?;
+    // Listing nodes needs the `monitoring` tag; without it the rest still shows.
+    let nodes = mgmt.nodes().await.unwrap_or_else(|error| {
+        eprintln!("(cannot list the broker's nodes: {error})");
+        Vec::new()
+    });
     let stats: BTreeMap<String, QueueInfo> = mgmt
         .queues(&vhost)
         .await
@@ -101,7 +139,7 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
         .into_iter()
         .map(|q| (q.name.clone(), q))
         .collect();
-    let conn = broker::connect(&config.amqp.url, &Identity::new("cli"), "status").await?;
+    let conn = broker::connect(&config.amqp, &Identity::new("cli"), "status").await?;
     let exact = broker::queue_counts(
         &conn,
         &topo.queues.iter().map(|q| &q.name).collect::<Vec<_>>(),
@@ -113,7 +151,17 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
     let mut shown = 0;
     let mut hidden = 0;
     let mut missing = 0;
-    let mut queues = table(&[
+    // Quorum queues have a leader each: a column for it.
+    let quorum = topo
+        .queues
+        .iter()
+        .any(|q| stats.get(&q.name).is_some_and(|s| s.leader.is_some()));
+    let down: Vec<&str> = nodes
+        .iter()
+        .filter(|n| !n.running)
+        .map(|n| n.name.as_str())
+        .collect();
+    let mut header = vec![
         "queue",
         "messages",
         "ready",
@@ -121,9 +169,13 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
         "consumers",
         "publish/s",
         "deliver/s",
-    ]);
+    ];
+    if quorum {
+        header.push("leader");
+    }
+    let mut queues = table(&header);
     for (q, exact) in topo.queues.iter().zip(exact) {
-        let status = QueueStatus::new(&q.name, exact, stats.get(&q.name));
+        let status = QueueStatus::on_nodes(&q.name, exact, stats.get(&q.name), &down);
         if !status.exists {
             missing += 1;
         }
@@ -133,7 +185,7 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
         }
         shown += 1;
         if status.exists {
-            queues.add_row(vec![
+            let mut row = vec![
                 Cell::new(&status.name),
                 right(status.messages),
                 right(status.ready),
@@ -141,13 +193,33 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> 
                 right(status.consumers),
                 right(format!("{:.1}", status.publish_rate)),
                 right(format!("{:.1}", status.deliver_rate)),
-            ]);
+            ];
+            if quorum {
+                row.push(Cell::new(status.leader_cell()));
+            }
+            queues.add_row(row);
         } else {
             queues.add_row(vec![
                 Cell::new(&status.name),
                 Cell::new("missing: run `fleet topology apply`"),
             ]);
         }
+    }
+    if nodes.len() > 1 || nodes.iter().any(|n| !n.running) {
+        let down = nodes.iter().filter(|n| !n.running).count();
+        println!(
+            "Broker nodes: {} ({})",
+            nodes
+                .iter()
+                .map(|n| format!("{} {}", n.name, if n.running { "up" } else { "DOWN" }))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if down == 0 {
+                "all up".to_string()
+            } else {
+                format!("{down} down: its quorum queues run on the others while a majority is up")
+            }
+        );
     }
     println!("Queues in vhost {vhost:?}:");
     if shown > 0 {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use fleet_shared::config::{Config, SearchFlavor, URL_VARIABLES};
+use fleet_shared::config::{split_list, Config, SearchFlavor, URL_VARIABLES};
 use fleet_workers::app::WorkerKind;
 use serde_json::Value;
 
@@ -173,23 +173,26 @@ fn problems(file: &str, doc: &Value) -> Vec<String> {
             ));
         }
         for (var, _, _) in URL_VARIABLES {
-            let Some(url) = env.get(*var) else {
+            let Some(list) = env.get(*var) else {
                 bad.push(format!("{file}: worker {service_name} does not set {var}"));
                 continue;
             };
-            let host = match reqwest::Url::parse(url) {
-                Ok(u) => u.host_str().unwrap_or_default().to_string(),
-                Err(e) => {
+            // The broker's variables may list a cluster's nodes.
+            for url in split_list(list) {
+                let host = match reqwest::Url::parse(url) {
+                    Ok(u) => u.host_str().unwrap_or_default().to_string(),
+                    Err(e) => {
+                        bad.push(format!(
+                            "{file}: worker {service_name}: {var}={url:?} is not a URL: {e}"
+                        ));
+                        continue;
+                    }
+                };
+                if !names.contains(host.as_str()) {
                     bad.push(format!(
-                        "{file}: worker {service_name}: {var}={url:?} is not a URL: {e}"
+                        "{file}: worker {service_name}: {var} points at host {host:?}, which is no service of the file"
                     ));
-                    continue;
                 }
-            };
-            if !names.contains(host.as_str()) {
-                bad.push(format!(
-                    "{file}: worker {service_name}: {var} points at host {host:?}, which is no service of the file"
-                ));
             }
         }
         for (dep, condition) in &deps {
@@ -203,12 +206,13 @@ fn problems(file: &str, doc: &Value) -> Vec<String> {
                 Some(_) => {}
             }
         }
-        // The broker is the one dependency every worker has.
-        if let Some(amqp) = env
-            .get("AMQP_URL")
-            .and_then(|u| reqwest::Url::parse(u).ok())
-        {
-            let host = amqp.host_str().unwrap_or_default();
+        // The broker is the one dependency every worker has (every node of it).
+        let amqp = env.get("AMQP_URL").cloned().unwrap_or_default();
+        for node in split_list(&amqp) {
+            let Ok(url) = reqwest::Url::parse(node) else {
+                continue;
+            };
+            let host = url.host_str().unwrap_or_default();
             if !deps.contains_key(host) {
                 bad.push(format!(
                     "{file}: worker {service_name} does not wait for the broker {host}"
@@ -311,6 +315,21 @@ fn the_cluster_file_forms_a_three_node_cluster_and_uses_quorum_queues() {
             c.topology.queue_type.as_deref(),
             Some("quorum"),
             "{service_name} declares quorum queues"
+        );
+        // Every node, so a worker moves on by itself when it loses one.
+        let listed: BTreeSet<String> = c
+            .amqp
+            .nodes()
+            .iter()
+            .filter_map(|u| reqwest::Url::parse(u).ok())
+            .filter_map(|u| u.host_str().map(|h| format!("rabbit@{h}")))
+            .collect();
+        assert_eq!(listed, hosts, "{service_name}'s AMQP_URL lists every node");
+    }
+    for (n, s) in &nodes {
+        assert!(
+            s["ulimits"]["nofile"]["soft"].as_u64().unwrap_or(0) >= 20_000,
+            "node {n} raises its open-files limit"
         );
     }
 }

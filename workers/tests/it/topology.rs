@@ -152,3 +152,48 @@ async fn quorum_queues_are_declared_with_explicit_limits() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_quorum_queue_made_before_leader_placement_is_applied_and_planned_without_conflict() {
+    let env = TestEnv::bare().await;
+    let mut config = env.config.clone();
+    config.topology.queue_type = Some("quorum".into());
+    let topo = Topology::load(&config).unwrap();
+    // The fast lane as an older release declared it: every argument but the locator.
+    let mut older = topo.queue(names::FAST_LANE).unwrap().arguments.clone();
+    assert!(older.remove(topology::LEADER_LOCATOR).is_some());
+    let mut args = FieldTable::default();
+    for (k, v) in &older {
+        let v = match v {
+            topology::Arg::Int(i) => AMQPValue::LongLongInt(*i),
+            topology::Arg::Str(s) => AMQPValue::LongString(s.as_str().into()),
+        };
+        args.insert(k.as_str().into(), v);
+    }
+    let (_c, ch) = env.channel().await;
+    ch.queue_declare(
+        names::FAST_LANE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+
+    let ctx = fleet_workers::app::context(&std::sync::Arc::new(config.clone()), "test")
+        .await
+        .unwrap();
+    let report = fleet_workers::app::apply_topology(&ctx).await.unwrap();
+    assert_eq!(report.queues, topo.queues.len());
+    assert!(topology::plan(&env.mgmt, &env.vhost, &topo)
+        .await
+        .unwrap()
+        .is_empty());
+    // The new queues carry the locator; the old one keeps what it had.
+    let q = env.mgmt.queue(&env.vhost, names::BULK_LANE).await.unwrap();
+    assert_eq!(q.arguments[topology::LEADER_LOCATOR], "balanced");
+    let q = env.mgmt.queue(&env.vhost, names::FAST_LANE).await.unwrap();
+    assert!(!q.arguments.contains_key(topology::LEADER_LOCATOR));
+}
