@@ -666,7 +666,6 @@ impl Config {
             config.amqp.management_url = derive_management_url(&config.amqp.url);
         }
         config.validate()?;
-        let mut config = config;
         config.origins = Origins(sources);
         Ok(config)
     }
