@@ -23,6 +23,8 @@ pub struct Counted {
     pub ids: u64,
     /// When the last new id arrived.
     pub last_new: Instant,
+    /// Why counting stopped before `expected` ids (nothing new for `idle`).
+    pub stalled: Option<String>,
 }
 
 /// How to read the content ids of a message.
@@ -37,7 +39,8 @@ pub fn request_ids(body: &[u8]) -> anyhow::Result<Vec<i64>> {
 }
 
 /// Starts consuming `queue` (acking everything) until `expected` distinct ids
-/// arrived or nothing new came for `idle`; resolves to what it saw.
+/// arrived or nothing new came for `idle` (then `stalled` says so);
+/// resolves to what it saw.
 pub async fn start_counter(
     conn: &Connection,
     queue: &str,
@@ -69,16 +72,20 @@ pub async fn start_counter(
             messages: 0,
             ids: 0,
             last_new: Instant::now(),
+            stalled: None,
         };
         while c.distinct < expected {
             let next = tokio::time::timeout(idle, consumer.next()).await;
             let delivery = match next {
                 Ok(Some(d)) => d.with_context(|| format!("consuming {queue}"))?,
                 Ok(None) => bail!("the consumer of {queue} was cancelled"),
-                Err(_) => bail!(
-                    "nothing new on {queue} for {idle:?}: {} of {expected} ids arrived",
-                    c.distinct
-                ),
+                Err(_) => {
+                    c.stalled = Some(format!(
+                        "nothing new on {queue} for {idle:?}: {} of {expected} ids arrived",
+                        c.distinct
+                    ));
+                    break;
+                }
             };
             let ids =
                 decode(&delivery.data).with_context(|| format!("decoding a message of {queue}"))?;
@@ -97,7 +104,19 @@ pub async fn start_counter(
     }))
 }
 
+/// What the counter saw; a stall is an error.
 pub async fn join_counter(
+    h: tokio::task::JoinHandle<anyhow::Result<Counted>>,
+) -> anyhow::Result<Counted> {
+    let c = join_counter_partial(h).await?;
+    match c.stalled {
+        Some(why) => bail!("{why}"),
+        None => Ok(c),
+    }
+}
+
+/// What the counter saw, also when it stalled.
+pub async fn join_counter_partial(
     h: tokio::task::JoinHandle<anyhow::Result<Counted>>,
 ) -> anyhow::Result<Counted> {
     h.await.context("the counting task panicked")?

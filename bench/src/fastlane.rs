@@ -82,7 +82,7 @@ pub async fn fast_lane(
     worker: &mut Worker,
 ) -> anyhow::Result<FastLane> {
     let n = opts.fast_requests as u64;
-    let prefetch = env.config().amqp.prefetch;
+    let prefetch = env.config().amqp.prefetch_for("dispatcher");
     eprintln!(
         "\n(b) fast lane: {} single-content PRICE requests (prefetch {prefetch})…",
         thousands(n as f64)

@@ -20,13 +20,14 @@ mod counter;
 mod fanout;
 mod fastlane;
 mod memory;
+mod metrics;
 mod relay;
 mod report;
 mod run;
 mod setup;
 mod worker;
 
-use run::Part;
+use run::{Concurrency, Part};
 
 /// The first argument that makes this binary the `fleet` command line.
 pub const FLEET: &str = "fleet";
@@ -81,6 +82,15 @@ struct BenchArgs {
     /// Stop the unsplit baseline scan after this many seconds (same labelling).
     #[arg(long, default_value_t = 180, value_name = "SECS")]
     unsplit_max_secs: u64,
+    /// The fan-out's fleet runs, one per search concurrency setting:
+    /// `adaptive` (the configured adaptive limit) or a fixed limit N.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "adaptive,1,2,4,8,16",
+        value_name = "LIST"
+    )]
+    concurrency: Vec<Concurrency>,
     /// Single-content requests sent through the fast lane and through the relay.
     #[arg(long, default_value_t = 5000, value_name = "N")]
     fast_requests: usize,
@@ -141,6 +151,7 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         split_limit: args.split_limit,
         unsplit_limit: args.unsplit_limit,
         unsplit_max: std::time::Duration::from_secs(args.unsplit_max_secs),
+        concurrency: args.concurrency,
         fast_requests: args.fast_requests,
         small_partitions: args.small_partitions,
         parts: args.parts,

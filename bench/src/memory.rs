@@ -40,7 +40,7 @@ pub async fn memory(
         thousands(small as f64),
         thousands(large as f64)
     );
-    let mut worker = Worker::spawn(env, &["partition"]).await?;
+    let mut worker = Worker::spawn(env, &["partition"], "memory-partition", None).await?;
     let result = async {
         wait_for_consumer(
             control,

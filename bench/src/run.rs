@@ -44,6 +44,39 @@ pub const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// The lower bound on the fan-out request's size.
 pub const FANOUT_MIN_HITS: u64 = 200_000;
 
+/// The search concurrency of a measured worker: the adaptive limit of the
+/// configuration (`search.concurrency_min/initial/max`), or a fixed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    Adaptive,
+    Fixed(usize),
+}
+
+impl std::str::FromStr for Concurrency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "adaptive" => Ok(Concurrency::Adaptive),
+            n => match n.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Concurrency::Fixed(n)),
+                _ => Err(format!(
+                    "`{s}`: expected `adaptive` or a number of at least 1"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Concurrency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Concurrency::Adaptive => f.write_str("adaptive"),
+            Concurrency::Fixed(n) => write!(f, "fixed {n}"),
+        }
+    }
+}
+
 /// Which measurements to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Part {
@@ -74,6 +107,9 @@ pub struct Options {
     pub unsplit_limit: Option<u64>,
     /// Stop the unsplit baseline scan after this long (same labelling).
     pub unsplit_max: Duration,
+    /// The fan-out's fleet runs: one per search concurrency setting, each
+    /// with its own worker subprocess, over the same index and request.
+    pub concurrency: Vec<Concurrency>,
     /// Single-content requests per fast-lane measurement.
     pub fast_requests: usize,
     /// The small memory task covers `searchPartition < this` (of 1000).
@@ -130,42 +166,56 @@ async fn measure(env: &mut BenchEnv, opts: &Options, command_line: &str) -> anyh
     let mut results = Results::default();
 
     let wants = |p: Part| opts.parts.contains(&p);
-    if wants(Part::Fanout) || wants(Part::FastLane) {
-        let mut worker = Worker::spawn(env, &["dispatcher", "partition"]).await?;
-        let ready = async {
-            for q in [names::BULK_LANE, names::FAST_LANE, names::PARTITIONS] {
-                wait_for_consumer(&control, q, &mut worker, Duration::from_secs(60)).await?;
-            }
-            anyhow::Ok(())
+    if wants(Part::Fanout) {
+        results.fanout = Some(fanout::fanout(env, opts, &search, &ctx, &conn, &control).await?);
+    }
+    if wants(Part::FastLane) {
+        let mut worker = Worker::spawn(env, &["dispatcher"], "fast-lane-dispatcher", None).await?;
+        let measured = async {
+            wait_for_consumer(
+                &control,
+                names::FAST_LANE,
+                &mut worker,
+                Duration::from_secs(60),
+            )
+            .await?;
+            eprintln!(
+                "\nWorker subprocess `fleet run dispatcher` (pid {}) is consuming.",
+                worker.pid
+            );
+            fastlane::fast_lane(env, opts, &conn, &mut worker).await
         }
         .await;
-        let measured = match ready {
-            Ok(()) => {
-                eprintln!(
-                    "Worker subprocess `fleet run dispatcher partition` (pid {}) is consuming.",
-                    worker.pid
-                );
-                let mut r = anyhow::Ok(());
-                if wants(Part::Fanout) {
-                    r = fanout::fanout(env, opts, &search, &ctx, &conn, &mut worker)
-                        .await
-                        .map(|f| results.fanout = Some(f));
-                }
-                if r.is_ok() && wants(Part::FastLane) {
-                    r = fastlane::fast_lane(env, opts, &conn, &mut worker)
-                        .await
-                        .map(|f| results.fast = Some(f));
-                }
-                r
-            }
-            Err(e) => Err(e),
-        };
         worker.stop().await;
-        measured?;
+        results.fast = Some(measured?);
     }
     if wants(Part::Memory) {
         results.memory = Some(memory::memory(env, opts, &search, &ctx, &conn, &control).await?);
     }
     let _ = conn.close(200, "bench done".into()).await;
     Ok(report(&results, opts, &machine, command_line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_settings_parse() {
+        let parsed: Vec<Concurrency> = "adaptive,1,16"
+            .split(',')
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                Concurrency::Adaptive,
+                Concurrency::Fixed(1),
+                Concurrency::Fixed(16)
+            ]
+        );
+        assert!("0".parse::<Concurrency>().is_err());
+        assert!("fast".parse::<Concurrency>().is_err());
+        assert_eq!(Concurrency::Fixed(4).to_string(), "fixed 4");
+    }
 }

@@ -80,11 +80,14 @@ impl BenchEnv {
         fleet_workers::app::context(&Arc::new(self.config().clone()), worker).await
     }
 
-    /// A `fleet run <kinds>` command working in the sandbox, logging to
-    /// `<logs>/<kinds>.log` (returned).
+    /// A `fleet run <kinds>` command working in the sandbox with `config`
+    /// (the run's, adjusted for this worker), logging to `<logs>/<label>.log`
+    /// (returned).
     pub fn worker_command(
         &self,
         kinds: &[&str],
+        label: &str,
+        config: &Config,
     ) -> anyhow::Result<(tokio::process::Command, PathBuf)> {
         let mut cmd = match &self.fleet_bin {
             Some(bin) => tokio::process::Command::new(bin),
@@ -95,10 +98,14 @@ impl BenchEnv {
                 cmd
             }
         };
+        // An optional key unset in `config` is left out of its variables,
+        // so one inherited from the bench's own environment would win.
+        cmd.env_remove("FLEET_SEARCH_CONCURRENCY");
         cmd.arg("run")
             .args(kinds)
-            .envs(self.sandbox.env_vars_logging(WORKER_LOG));
-        Ok((cmd, self.logs.join(format!("{}.log", kinds.join("-")))))
+            .envs(config.to_env())
+            .env("FLEET_LOG", WORKER_LOG);
+        Ok((cmd, self.logs.join(format!("{label}.log"))))
     }
 
     /// Starts an empty osmem-server on a free port, then loads the generated

@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use fleet_shared::lapin::Channel;
 use tokio::process::Child;
 
+use crate::run::Concurrency;
 use crate::setup::BenchEnv;
 
 /// A `fleet run …` subprocess.
@@ -16,13 +17,31 @@ pub struct Worker {
     /// Its process id, for reading its memory from `/proc`.
     pub pid: u32,
     /// Its stderr, named in errors.
-    log: PathBuf,
+    pub log: PathBuf,
+    /// Its `/metrics` URL.
+    pub metrics_url: String,
 }
 
 impl Worker {
-    /// Starts `fleet run <kinds>` in the run's sandbox.
-    pub async fn spawn(env: &BenchEnv, kinds: &[&str]) -> anyhow::Result<Self> {
-        let (mut cmd, log) = env.worker_command(kinds)?;
+    /// Starts `fleet run <kinds>` in the run's sandbox, logging to
+    /// `<label>.log`, with its search concurrency set to `concurrency`
+    /// (`None`: as the run's configuration says) and its metrics on a free
+    /// loopback port.
+    pub async fn spawn(
+        env: &BenchEnv,
+        kinds: &[&str],
+        label: &str,
+        concurrency: Option<Concurrency>,
+    ) -> anyhow::Result<Self> {
+        let mut config = env.config().clone();
+        let listen = format!("127.0.0.1:{}", fleet_testkit::free_port());
+        config.worker.metrics_listen = listen.clone();
+        match concurrency {
+            Some(Concurrency::Adaptive) => config.search.concurrency = None,
+            Some(Concurrency::Fixed(n)) => config.search.concurrency = Some(n),
+            None => {}
+        }
+        let (mut cmd, log) = env.worker_command(kinds, label, &config)?;
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdin(Stdio::null())
@@ -34,7 +53,12 @@ impl Worker {
             format!("starting a fleet worker subprocess ({program})")
         })?;
         let pid = child.id().context("the worker exited at once")?;
-        Ok(Self { child, pid, log })
+        Ok(Self {
+            child,
+            pid,
+            log,
+            metrics_url: format!("http://{listen}/metrics"),
+        })
     }
 
     /// Fails when the worker already exited (its log says why).
@@ -60,6 +84,16 @@ impl Worker {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// Lines of a worker log at WARN or ERROR level, and the first of them.
+pub fn log_warnings(log: &std::path::Path) -> (usize, Option<String>) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut bad = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "));
+    let first = bad.next().map(str::to_string);
+    (bad.count() + usize::from(first.is_some()), first)
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).

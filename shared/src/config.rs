@@ -111,8 +111,18 @@ pub struct AmqpConfig {
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
     /// Unacknowledged deliveries per consumer; also the number of messages a
-    /// worker processes at once.
+    /// worker processes at once. A worker type named in `prefetch_by_worker`
+    /// uses its own value instead.
     pub prefetch: u16,
+    /// Prefetch per worker type (`dispatcher`, `partition`, `retry`,
+    /// `ingest`, `sweeper`), given whole like `dispatcher.fields`: a type
+    /// not named uses `prefetch`. The partition worker defaults to 4: each
+    /// of its messages is a deep scan that holds a search request open for
+    /// its whole length, so 64 at once put one process's every task on the
+    /// search cluster together (on the 2-core development machine 25 tasks
+    /// of one 250,000-id request stalled osmem-server and went to the retry
+    /// delay); a few per process leave the rest queued for other replicas.
+    pub prefetch_by_worker: BTreeMap<String, u16>,
     /// Longest wait between two reconnection attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_backoff: Duration,
@@ -186,6 +196,19 @@ pub fn derive_management_url(amqp_urls: &str) -> String {
     out.join(",")
 }
 
+/// The worker types, as `fleet run` names them (keys of `amqp.prefetch_by_worker`).
+pub const WORKER_TYPES: &[&str] = &["dispatcher", "partition", "retry", "ingest", "sweeper"];
+
+impl AmqpConfig {
+    /// The prefetch of a consumer of worker type `worker`.
+    pub fn prefetch_for(&self, worker: &str) -> u16 {
+        self.prefetch_by_worker
+            .get(worker)
+            .copied()
+            .unwrap_or(self.prefetch)
+    }
+}
+
 impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
@@ -194,6 +217,7 @@ impl Default for AmqpConfig {
             connect_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(30),
             prefetch: 64,
+            prefetch_by_worker: BTreeMap::from([("partition".to_string(), 4)]),
             reconnect_max_backoff: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(30),
         }
@@ -740,6 +764,18 @@ impl Config {
             return invalid("amqp.prefetch", "must be at least 1");
         }
         self.validate_amqp()?;
+        for (worker, &n) in &self.amqp.prefetch_by_worker {
+            let key = format!("amqp.prefetch_by_worker.{worker}");
+            if !WORKER_TYPES.contains(&worker.as_str()) {
+                return invalid(
+                    &key,
+                    &format!("no such worker type (one of {})", WORKER_TYPES.join(", ")),
+                );
+            }
+            if n == 0 {
+                return invalid(&key, "must be at least 1");
+            }
+        }
         if self.retry.delay.is_zero() {
             return invalid("retry.delay", "must be longer than zero");
         }
@@ -970,7 +1006,7 @@ fn merge(base: &mut Value, overlay: Value) {
 }
 
 fn is_free_map(key: &str) -> bool {
-    matches!(key, "fields" | "indices")
+    matches!(key, "fields" | "indices" | "prefetch_by_worker")
 }
 
 #[cfg(test)]
@@ -1036,6 +1072,7 @@ mod tests {
         c.amqp.url = "amqp://u:p@10.0.0.1:5672/fleet-x".into();
         c.amqp.management_url = "http://u:p@10.0.0.1:15672".into();
         c.amqp.prefetch = 7;
+        c.amqp.prefetch_by_worker = BTreeMap::from([("dispatcher".into(), 9)]);
         c.amqp.reconnect_max_backoff = Duration::from_millis(2500);
         c.amqp.confirm_timeout = Duration::from_secs(90);
         c.database.url = "postgres://postgres@10.0.0.2:5432/fleet_x".into();
@@ -1208,6 +1245,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("search.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn prefetch_is_set_per_worker_type() {
+        let c = Config::load_from(None, vars(&[])).unwrap();
+        assert_eq!(c.amqp.prefetch_for("partition"), 4);
+        assert_eq!(c.amqp.prefetch_for("dispatcher"), 64);
+        let c = Config::load_from(
+            None,
+            vars(&[
+                ("FLEET_AMQP_PREFETCH", "10"),
+                ("FLEET_AMQP_PREFETCH_BY_WORKER", r#"{"dispatcher": 128}"#),
+            ]),
+        )
+        .unwrap();
+        // Given whole: partition is no longer named and takes amqp.prefetch.
+        assert_eq!(c.amqp.prefetch_for("dispatcher"), 128);
+        assert_eq!(c.amqp.prefetch_for("partition"), 10);
+        let dir = std::env::temp_dir().join(format!("fleet-cfg-pf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("prefetch.toml");
+        std::fs::write(&path, "[amqp.prefetch_by_worker]\npartition = 2\n").unwrap();
+        let c = Config::load_from(Some(&path), vars(&[])).unwrap();
+        assert_eq!(c.amqp.prefetch_for("partition"), 2);
+        for bad in [r#"{"partiton": 4}"#, r#"{"partition": 0}"#] {
+            let err = Config::load_from(None, vars(&[("FLEET_AMQP_PREFETCH_BY_WORKER", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("amqp.prefetch_by_worker.parti"), "{err}");
+        }
     }
 
     #[test]

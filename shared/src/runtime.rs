@@ -392,8 +392,9 @@ async fn run_session<H: Handler>(
 ) -> Result<SessionEnd, deadpool_lapin::lapin::Error> {
     let channel = conn.create_channel().await?;
     // Re-applied on every (re)connection: recovery does not restore it.
+    let prefetch = ctx.config.amqp.prefetch_for(&ctx.identity.worker);
     channel
-        .basic_qos(ctx.config.amqp.prefetch, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     let mut streams = Vec::new();
     let mut tags = Vec::new();
@@ -421,7 +422,7 @@ async fn run_session<H: Handler>(
         );
     }
     ctx.consumers.set(queues, true);
-    tracing::info!(worker = %ctx.identity.worker, queues = ?queues, prefetch = ctx.config.amqp.prefetch, "Consuming.");
+    tracing::info!(worker = %ctx.identity.worker, queues = ?queues, prefetch, "Consuming.");
     let mut merged = futures::stream::select_all(streams);
     let tracker = TaskTracker::new();
     let end = loop {

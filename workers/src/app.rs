@@ -328,3 +328,14 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerKind;
+
+    #[test]
+    fn every_worker_type_can_have_its_own_prefetch() {
+        let names: Vec<&str> = WorkerKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names, fleet_shared::config::WORKER_TYPES);
+    }
+}

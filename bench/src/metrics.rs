@@ -1,0 +1,168 @@
+//! What a worker subprocess says about itself on `/metrics`: its search
+//! concurrency limit over a run (sampled), and the counters that show a
+//! transient failure (retried messages, search errors, back-offs).
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often the sampler reads `/metrics` during a run.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// One `/metrics` text, parsed into (name, labels, value) lines.
+#[derive(Debug, Default, Clone)]
+pub struct Scrape {
+    lines: Vec<(String, String, f64)>,
+}
+
+impl Scrape {
+    /// Parses the Prometheus text format (comments and blank lines skipped).
+    pub fn parse(text: &str) -> Self {
+        let lines = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let value: f64 = value.trim().parse().ok()?;
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                Some((name.to_string(), labels.to_string(), value))
+            })
+            .collect();
+        Self { lines }
+    }
+
+    /// The sum of every series of `name` whose labels contain each of `with`
+    /// (`outcome="retried"`) and none of `without`.
+    pub fn sum(&self, name: &str, with: &[&str], without: &[&str]) -> f64 {
+        self.lines
+            .iter()
+            .filter(|(n, labels, _)| {
+                n == name
+                    && with.iter().all(|w| labels.contains(w))
+                    && !without.iter().any(|w| labels.contains(w))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(&self, name: &str) -> Option<f64> {
+        self.lines
+            .iter()
+            .find(|(n, labels, _)| n == name && labels.is_empty())
+            .map(|(_, _, v)| *v)
+    }
+}
+
+/// Reads `url` (a worker's `/metrics`).
+pub async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<Scrape> {
+    let text = http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(Scrape::parse(&text))
+}
+
+/// The search concurrency of a worker over a run, sampled every
+/// [`SAMPLE_EVERY`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LimitSeen {
+    pub samples: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    /// Most search requests seen in flight at one sample.
+    pub in_flight_max: f64,
+}
+
+impl LimitSeen {
+    pub fn mean(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.sum / self.samples as f64
+        }
+    }
+
+    fn add(&mut self, limit: f64, in_flight: f64) {
+        if self.samples == 0 {
+            self.min = limit;
+            self.max = limit;
+        }
+        self.samples += 1;
+        self.min = self.min.min(limit);
+        self.max = self.max.max(limit);
+        self.sum += limit;
+        self.in_flight_max = self.in_flight_max.max(in_flight);
+    }
+}
+
+/// Samples `fleet_search_concurrency_limit` and `fleet_search_in_flight` of
+/// the worker at `url` until `stop`.
+pub fn sample_limit(url: String, stop: CancellationToken) -> JoinHandle<LimitSeen> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        let mut seen = LimitSeen::default();
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Ok(s) = scrape(&http, &url).await {
+                        if let Some(limit) = s.gauge("fleet_search_concurrency_limit") {
+                            seen.add(limit, s.gauge("fleet_search_in_flight").unwrap_or(0.0));
+                        }
+                    }
+                }
+            }
+        }
+        seen
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counters_and_gauges() {
+        let s = Scrape::parse(
+            "# HELP fleet_messages_total Messages.\n\
+             # TYPE fleet_messages_total counter\n\
+             fleet_messages_total{worker=\"partition\",queue=\"q\",outcome=\"done\"} 25\n\
+             fleet_messages_total{worker=\"partition\",queue=\"q\",outcome=\"retried\"} 2\n\
+             fleet_messages_total{worker=\"dispatcher\",queue=\"b\",outcome=\"done\"} 1\n\
+             fleet_search_concurrency_limit 4\n\
+             fleet_search_in_flight 3\n",
+        );
+        assert_eq!(s.sum("fleet_messages_total", &[], &[]), 28.0);
+        assert_eq!(
+            s.sum("fleet_messages_total", &["outcome=\"retried\""], &[]),
+            2.0
+        );
+        assert_eq!(
+            s.sum("fleet_messages_total", &[], &["outcome=\"done\""]),
+            2.0
+        );
+        assert_eq!(s.gauge("fleet_search_concurrency_limit"), Some(4.0));
+        assert_eq!(s.gauge("fleet_search_errors_total"), None);
+        let mut seen = LimitSeen::default();
+        seen.add(4.0, 4.0);
+        seen.add(2.0, 1.0);
+        assert_eq!(
+            (seen.min, seen.max, seen.mean(), seen.in_flight_max),
+            (2.0, 4.0, 3.0, 4.0)
+        );
+    }
+}
