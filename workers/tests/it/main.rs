@@ -1,5 +1,6 @@
 //! Integration tests against the real services (one binary, so it links once).
 
+mod chaos;
 mod cluster;
 mod common;
 mod compose;
