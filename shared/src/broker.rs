@@ -714,6 +714,11 @@ pub fn value_json(v: &AMQPValue) -> serde_json::Value {
         AMQPValue::ShortShortUInt(i) => Value::from(*i),
         AMQPValue::Timestamp(t) => Value::from(*t),
         AMQPValue::Void => Value::Null,
+        // RabbitMQ's byte arrays: text when they are UTF-8, else hex.
+        AMQPValue::ByteArray(b) => Value::String(match std::str::from_utf8(b.as_slice()) {
+            Ok(s) => s.to_string(),
+            Err(_) => b.as_slice().iter().map(|x| format!("{x:02x}")).collect(),
+        }),
         other => value_text(other)
             .map(Value::String)
             .unwrap_or_else(|| Value::String(format!("{other:?}"))),
@@ -747,6 +752,26 @@ pub fn value_text(v: &AMQPValue) -> Option<String> {
 
 pub fn header_i64(table: Option<&FieldTable>, key: &str) -> Option<i64> {
     header_text(table, key)?.parse().ok()
+}
+
+/// The headers as one JSON object: scalars as text (strings arrive as
+/// bytes), `x-death` and `x-history` as arrays of objects. This is the form
+/// `peek --json` shows and `parked_messages.headers` stores: readable, and
+/// a query can reach inside (`headers->'x-death'->0->>'reason'`).
+pub fn headers_json(table: Option<&FieldTable>) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    if let Some(t) = table {
+        for (k, v) in t.inner() {
+            let value = match v {
+                AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => value_json(v),
+                other => value_text(other)
+                    .map(serde_json::Value::String)
+                    .unwrap_or_else(|| value_json(other)),
+            };
+            out.insert(k.as_str().to_string(), value);
+        }
+    }
+    out
 }
 
 /// Every header as `name → text` (nested tables and arrays as JSON text).

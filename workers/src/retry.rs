@@ -19,7 +19,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_shared::broker::{headers, headers_map, Outgoing};
+use fleet_shared::broker::{headers, headers_json, Outgoing};
 use fleet_shared::config::RetryConfig;
 use fleet_shared::db::{self, Parked};
 use fleet_shared::message::{now_millis, PartitionTask};
@@ -146,8 +146,8 @@ impl Handler for RetryHandler {
                 Ok(())
             }
             Decision::Park { reason, detail } => {
-                let headers_json =
-                    serde_json::to_value(headers_map(msg.headers())).unwrap_or_default();
+                // Structured (x-death as an array of objects), not JSON text in a string.
+                let headers_json = serde_json::Value::Object(headers_json(msg.headers()));
                 let parked = Parked {
                     message_key: message_key(msg, time, attempts),
                     reason: format!("{reason}: {detail}"),

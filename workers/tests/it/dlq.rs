@@ -148,7 +148,11 @@ async fn peek_shows_messages_and_leaves_the_queue_exactly_as_it_was() {
     assert_eq!(docs[0]["headers"][headers::ERROR_CLASS], "forbidden_field");
     assert_eq!(docs[0]["headers"][headers::ORIGINAL_ROUTING_KEY], "price");
     assert_eq!(docs[3]["bodyIsJson"], false);
-    assert_eq!(docs[3]["body"], r"\xff\xfenot json\n");
+    assert_eq!(
+        docs[3]["body"], "fffe6e6f74206a736f6e0a",
+        "bytes that are not UTF-8, as hex"
+    );
+    assert_eq!(docs[3]["bodyEncoding"], "hex");
     assert_eq!(docs[4]["body"]["seq"], 3);
 
     let out = fleet(&env, &["dlq", "peek", &queue, "--limit", "100", "--json"]).await;

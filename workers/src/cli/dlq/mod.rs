@@ -24,6 +24,7 @@ mod list;
 mod peek;
 mod purge;
 mod replay;
+mod show;
 
 use std::process::ExitCode;
 
@@ -51,34 +52,38 @@ pub enum DlqCommand {
         /// How many messages from the head of the queue.
         #[arg(long, default_value_t = 10)]
         limit: usize,
-        /// One JSON document (an array of messages) instead of text.
+        /// One JSON document (an array of messages) instead of text: every
+        /// property and header, `x-death` decoded, the whole body (JSON as
+        /// JSON, other text as a string, other bytes as hex).
         #[arg(long)]
         json: bool,
+        /// Show long arrays in full (by default `[1, 2, 3, 4, 5, … 995 more]`)
+        /// and the whole hex dump of a body that is not UTF-8.
+        #[arg(long)]
+        full: bool,
     },
     /// Move messages back to where they came from (x-original-exchange and
     /// x-original-routing-key), or elsewhere with --to. Each message is
     /// confirmed by the broker before it leaves the queue.
     Replay(ReplayArgs),
-    /// Delete every message of an operator queue (dead-letter, parked or
-    /// unroutable), after confirmation.
-    Purge {
-        /// The queue to empty.
-        queue: String,
-        /// Do not ask (required when stdin is not a terminal).
-        #[arg(long)]
-        yes: bool,
-    },
+    /// Delete the messages of an operator queue (dead-letter, parked or
+    /// unroutable) — all, or those matching --filter — after confirmation;
+    /// recorded in the purges table with the operator's name.
+    Purge(purge::PurgeArgs),
 }
 
 /// Runs one `dlq` subcommand.
 pub async fn run(config: &Config, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     let topo = Topology::load(config)?;
     match cmd {
-        DlqCommand::List { all } => list::run(config, &topo, all).await,
-        DlqCommand::Peek { queue, limit, json } => {
-            peek::run(config, &topo, &queue, limit, json).await
-        }
+        DlqCommand::List { all, json } => list::run(config, &topo, all, json).await,
+        DlqCommand::Peek {
+            queue,
+            limit,
+            json,
+            full,
+        } => peek::run(config, &topo, &queue, limit, json, full).await,
         DlqCommand::Replay(args) => replay::run(config, &topo, args).await,
-        DlqCommand::Purge { queue, yes } => purge::run(config, &topo, &queue, yes).await,
+        DlqCommand::Purge(args) => purge::run(config, &topo, args).await,
     }
 }

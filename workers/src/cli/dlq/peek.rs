@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use fleet_shared::broker::{header_i64, headers_map};
+use fleet_shared::broker::header_i64;
 use fleet_shared::config::Config;
 use fleet_shared::lapin::options::{BasicGetOptions, BasicNackOptions};
 use fleet_shared::lapin::types::FieldTable;
@@ -14,9 +14,9 @@ use fleet_shared::topology::Topology;
 use serde_json::{json, Value};
 
 use super::common::{
-    age_text, connect, current, headers_json, queue_info, quorum_limit, quorum_note, readable_body,
-    Current, Seen,
+    age_text, connect, current, headers_json, queue_info, quorum_limit, quorum_note, Current, Seen,
 };
+use super::show;
 
 pub(super) async fn run(
     config: &Config,
@@ -24,6 +24,7 @@ pub(super) async fn run(
     queue: &str,
     limit: usize,
     as_json: bool,
+    full: bool,
 ) -> anyhow::Result<ExitCode> {
     let conn = connect(config).await?;
     let info = queue_info(&conn, config, topo, queue).await?;
@@ -69,11 +70,22 @@ pub(super) async fn run(
         if let Some(t) = now.time {
             println!("   failed {} ago ({})", age_text(t), t.to_rfc3339());
         }
-        for (k, v) in headers_map(p.headers()) {
-            println!("   {k}: {v}");
+        let props = show::property_pairs(&p.properties);
+        if !props.is_empty() {
+            println!("   properties:");
+            for (k, v) in props {
+                println!("     {k}: {v}");
+            }
         }
-        println!("   body ({} bytes):", p.body.len());
-        for line in readable_body(&p.body).lines() {
+        if p.headers().is_some_and(|h| !h.inner().is_empty()) {
+            println!("   headers:");
+            for line in show::header_lines(p.headers()) {
+                println!("     {line}");
+            }
+        }
+        let (heading, lines) = show::body_lines(&p.body, full);
+        println!("   {heading}");
+        for line in lines {
             println!("     {line}");
         }
     }
@@ -191,8 +203,7 @@ fn delivery_count_warning(queue: &str, limit: Option<u64>, sampled: &[Peeked]) {
 }
 
 fn peeked_json(p: &Peeked, now: &Current) -> Value {
-    let parsed = serde_json::from_slice::<Value>(&p.body).ok();
-    json!({
+    let mut doc = json!({
         "position": p.position,
         "exchange": p.exchange,
         "routingKey": p.routing_key,
@@ -200,8 +211,13 @@ fn peeked_json(p: &Peeked, now: &Current) -> Value {
         "why": now.summary,
         "reason": now.label,
         "origin": now.origin.as_ref().map(|(e, k)| json!({"exchange": e, "routingKey": k})),
+        "time": now.time.map(|t| t.to_rfc3339()),
+        "properties": show::properties_json(&p.properties),
         "headers": headers_json(p.headers()),
-        "bodyIsJson": parsed.is_some(),
-        "body": parsed.unwrap_or_else(|| Value::String(readable_body(&p.body))),
-    })
+        "deaths": show::deaths(p.headers()).iter().map(show::Death::json).collect::<Vec<_>>(),
+    });
+    if let Value::Object(m) = &mut doc {
+        m.extend(show::body_json(&p.body));
+    }
+    doc
 }
