@@ -74,6 +74,36 @@ fn suggest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
     (best.0 <= max).then_some(best.1.as_str())
 }
 
+/// Whether an exchange exists (a passive declare on a throwaway channel:
+/// a missing one closes it). The default exchange (`""`) always does.
+pub(super) async fn exchange_exists(conn: &Connection, name: &str) -> anyhow::Result<bool> {
+    use fleet_shared::lapin::options::ExchangeDeclareOptions;
+    use fleet_shared::lapin::ExchangeKind;
+    if name.is_empty() {
+        return Ok(true);
+    }
+    let ch = conn.create_channel().await.context("open a channel")?;
+    let declared = ch
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(()) => {
+            let _ = ch.close(200, "done".into()).await;
+            Ok(true)
+        }
+        Err(e) if broker::is_not_found(&e) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot look up exchange {name}")),
+    }
+}
+
 pub(super) fn is_operator_queue(topo: &Topology, queue: &str) -> bool {
     topo.operator_queues().iter().any(|q| q.name == queue)
 }
@@ -278,48 +308,149 @@ pub(super) fn current(topo: &Topology, queue: &str, m: &Seen<'_>) -> Current {
     }
 }
 
-/// The headers as JSON: scalars as text (as `peek` has always shown them),
-/// `x-history` and `x-death` as arrays of objects.
-pub(super) fn headers_json(h: Option<&FieldTable>) -> serde_json::Map<String, Value> {
-    let mut out = serde_json::Map::new();
-    if let Some(t) = h {
-        for (k, v) in t.inner() {
-            let value = match v {
-                AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => broker::value_json(v),
-                other => broker::value_text(other)
-                    .map(Value::String)
-                    .unwrap_or_else(|| broker::value_json(other)),
-            };
-            out.insert(k.as_str().to_string(), value);
+pub(super) use fleet_shared::broker::headers_json;
+
+/// The body on one line, at most 100 characters (see `show::preview`).
+pub(super) fn body_preview(body: &[u8]) -> String {
+    super::show::preview(body)
+}
+
+/// Who runs a replay or purge, for the record: `--operator` or
+/// `FLEET_OPERATOR` (clap reads both into `explicit`), else `$SUDO_USER`
+/// (the person behind a `sudo`, not `root`), `$USER`, `$LOGNAME`, the
+/// account name of the process's uid, and only then `uid N`.
+pub(super) fn operator(explicit: Option<&str>) -> String {
+    let from_env = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok());
+    explicit
+        .map(str::to_string)
+        .into_iter()
+        .chain(from_env)
+        .map(|u| u.trim().to_string())
+        .find(|u| !u.is_empty())
+        .or_else(account_name)
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            format!("uid {}", unsafe { libc::getuid() })
+        })
+}
+
+/// The passwd entry's name of this process's uid.
+fn account_name() -> Option<String> {
+    // SAFETY: getpwuid returns NULL or a pointer to a static entry that is
+    // valid until the next call; its name is copied out at once, and the
+    // CLI does not call it from two threads.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_str()
+            .ok()
+            .map(str::to_string)
+    }
+}
+
+/// The keys `--filter` takes besides header names (`x-…`).
+pub(super) const FILTER_KEYS: &[&str] = &["type", "class", "reason", "request-id", "routing-key"];
+
+/// One `--filter KEY=VALUE` of `replay` and `purge`. Every value but a
+/// request id matches without regard to case, as the workers read them
+/// (types and routing keys are case-insensitive; classes and reasons are
+/// lower-case words an operator may type in capitals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Filter {
+    /// The body's invalidationType.
+    Type(String),
+    /// The current error class: x-error-class, or the broker's reason.
+    Class(String),
+    /// A substring of the current reason texts (x-error-message, x-park-reason, the broker's).
+    Reason(String),
+    /// The body's requestId (or one of an outbound batch's requestIds; for
+    /// a request without one, the id the dispatcher derives from its body).
+    /// Exact: request ids are opaque.
+    RequestId(String),
+    /// The routing key the message was published with at its origin (the
+    /// one a replay sends it with), else the one it was delivered with.
+    RoutingKey(String),
+    /// A header's value.
+    Header(String, String),
+}
+
+impl Filter {
+    pub(super) fn parse(s: &str) -> anyhow::Result<Filter> {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!(
+                "bad --filter {s:?}: expected KEY=VALUE, e.g. type=PRICE, class=malformed_json, \
+                 reason=timeout, request-id=ID, routing-key=price or x-original-queue=NAME"
+            );
+        };
+        let (k, v) = (k.trim(), v.to_string());
+        if k.is_empty() {
+            bail!("bad --filter {s:?}: the key is empty");
+        }
+        Ok(match k.to_ascii_lowercase().as_str() {
+            "type" => Filter::Type(v),
+            "class" => Filter::Class(v),
+            "reason" => Filter::Reason(v.to_lowercase()),
+            "request-id" | "request_id" | "requestid" => Filter::RequestId(v),
+            "routing-key" | "routing_key" => Filter::RoutingKey(v),
+            h if h.starts_with("x-") => Filter::Header(h.to_string(), v),
+            _ => {
+                let keys: Vec<String> = FILTER_KEYS.iter().map(|k| k.to_string()).collect();
+                let close = suggest(&k.to_ascii_lowercase(), &keys)
+                    .map(|s| format!("did you mean `{s}`? "))
+                    .unwrap_or_default();
+                bail!(
+                    "unknown filter key `{k}`; {close}valid keys: {}, or a header name starting \
+                     with `x-` (e.g. x-original-routing-key)",
+                    FILTER_KEYS.join(", ")
+                )
+            }
+        })
+    }
+
+    /// Whether a message matches; `class`, `reason` and `routing-key` read
+    /// its current diagnosis only (an earlier one is history).
+    pub(super) fn matches(&self, now: &Current, m: &Seen<'_>, body: &[u8]) -> bool {
+        let json = || serde_json::from_slice::<Value>(body).ok();
+        match self {
+            Filter::Type(t) => json()
+                .and_then(|v| v["invalidationType"].as_str().map(str::to_string))
+                .is_some_and(|x| x.eq_ignore_ascii_case(t)),
+            Filter::Class(c) => now
+                .class
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case(c)),
+            Filter::Reason(r) => now
+                .reasons
+                .iter()
+                .any(|text| text.to_lowercase().contains(r.as_str())),
+            Filter::RequestId(id) => match json() {
+                Some(v) => match (&v["requestId"], &v["requestIds"]) {
+                    (Value::String(x), _) => x == id,
+                    (_, Value::Array(ids)) => ids.iter().any(|x| x.as_str() == Some(id)),
+                    _ => v.is_object() && fleet_shared::message::derived_request_id(body) == *id,
+                },
+                None => false,
+            },
+            Filter::RoutingKey(k) => now
+                .origin
+                .as_ref()
+                .map_or(m.routing_key, |(_, key)| key.as_str())
+                .eq_ignore_ascii_case(k),
+            Filter::Header(k, v) => {
+                broker::header_text(m.headers, k).is_some_and(|x| x.eq_ignore_ascii_case(v))
+            }
         }
     }
-    out
 }
 
-/// The body for people: pretty JSON when it parses, else escaped text.
-pub(super) fn readable_body(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        // `unwrap_or_else`: a parsed value always serialises; keep the raw text just in case.
-        return serde_json::to_string_pretty(&v)
-            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
-    }
-    match std::str::from_utf8(body) {
-        Ok(s) => s.escape_debug().to_string(),
-        Err(_) => body.escape_ascii().to_string(),
-    }
-}
-
-/// The body on one line, at most 100 characters.
-pub(super) fn body_preview(body: &[u8]) -> String {
-    let text = match serde_json::from_slice::<Value>(body) {
-        Ok(v) => v.to_string(),
-        Err(_) => readable_body(body),
-    };
-    let mut out: String = text.chars().take(100).collect();
-    if text.chars().count() > 100 {
-        out.push('…');
-    }
-    out
+/// The `--filter` options parsed, all of which must match.
+pub(super) fn parse_filters(filters: &[String]) -> anyhow::Result<Vec<Filter>> {
+    filters.iter().map(|f| Filter::parse(f)).collect()
 }
 
 #[cfg(test)]

@@ -28,18 +28,21 @@ use fleet_shared::broker::{
     self, header_i64, headers, with_headers, HeaderValue, Identity, Outgoing, Publisher,
 };
 use fleet_shared::config::Config;
-use fleet_shared::db::{self, Replay, ReplayState};
+use fleet_shared::db::{self, ParkedOutcome, Replay, ReplayState};
 use fleet_shared::lapin::options::{BasicAckOptions, BasicGetOptions};
 use fleet_shared::lapin::types::{AMQPValue, FieldTable, ShortString};
 use fleet_shared::lapin::Channel;
 use fleet_shared::message::{now_millis, InvalidationType};
 use fleet_shared::runtime::copy_properties;
-use fleet_shared::topology::Topology;
+use fleet_shared::topology::{names, Topology};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{body_preview, connect, current, queue_info, Current, Seen};
+use super::common::{
+    body_preview, connect, current, exchange_exists, operator, parse_filters, queue_info, Current,
+    Filter, Seen,
+};
 use super::peek::return_all;
 
 /// Publish failures in a row after which `replay` stops (the target or the broker is broken).
@@ -57,8 +60,12 @@ pub struct ReplayArgs {
     pub to: Option<String>,
     /// Only messages matching KEY=VALUE (repeatable; all must match):
     /// `type=PRICE` (the body's invalidationType), `class=malformed_json`
-    /// (x-error-class), `reason=TEXT` (in x-error-message or x-park-reason),
-    /// or any header name, e.g. `x-original-routing-key=price`.
+    /// (the error class, or the broker's reason), `reason=TEXT` (in the
+    /// error message or park reason), `request-id=ID` (exact),
+    /// `routing-key=price` (the origin's routing key), or a header name
+    /// starting with `x-`, e.g. `x-original-queue=invalidation.partitions`.
+    /// Values other than request ids match regardless of case; an unknown
+    /// key is an error.
     #[arg(long = "filter", value_name = "KEY=VALUE")]
     pub filters: Vec<String>,
     /// Move at most this many messages.
@@ -73,7 +80,21 @@ pub struct ReplayArgs {
     /// the tasks of a split request inherit). The body is never changed.
     #[arg(long)]
     pub reset_retries: bool,
+    /// Print counts per outcome, class and destination instead of one line
+    /// per message (the default above 20 messages).
+    #[arg(long, conflicts_with = "verbose")]
+    pub summary: bool,
+    /// Print one line per message, however many there are.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Who runs this, for the record (default: $SUDO_USER, $USER, the login name).
+    #[arg(long, env = "FLEET_OPERATOR", value_name = "NAME")]
+    pub operator: Option<String>,
 }
+
+/// Above this many messages a replay prints a summary rather than one line
+/// per message (unless `--verbose`).
+const SUMMARY_OVER: u64 = 20;
 
 // ------------------------------------------------------------------ display
 
@@ -92,6 +113,16 @@ pub(super) async fn run(
     let identity = Identity::new("cli");
     let conn = connect(config).await?;
     let info = queue_info(&conn, config, topo, queue).await?;
+    if let Target::To { exchange, .. } = &rules.target {
+        if !exchange_exists(&conn, exchange).await? {
+            bail!(
+                "exchange {exchange:?} (from --to) does not exist in vhost {:?}; nothing was moved. \
+                 `fleet topology apply` declares the fleet's exchanges; `--to :QUEUE` sends \
+                 straight to a queue.",
+                fleet_shared::mgmt::vhost_of(&config.amqp.url)
+            );
+        }
+    }
     if info.consumers > 0 {
         eprintln!(
             "note: {queue} has {} consumer(s); they may take messages during the replay.",
@@ -116,7 +147,7 @@ pub(super) async fn run(
         queue: queue.to_string(),
         target: rules.target.describe(),
         filter: (!args.filters.is_empty()).then(|| args.filters.join(" ")),
-        operator: operator(),
+        operator: operator(args.operator.as_deref()),
         host: identity.host.clone(),
         dry_run: args.dry_run,
         moved: 0,
@@ -137,13 +168,29 @@ pub(super) async fn run(
         depth,
         stop.clone(),
     );
-    let view = View::new(depth, args.dry_run);
+    let per_message = args.verbose || (!args.summary && depth <= SUMMARY_OVER);
+    let view = View::new(depth, args.dry_run, per_message);
     let mut tally = Tally::default();
     let mut progress = Progress::new(id);
+    let parked_queue = queue == names::PARKED;
+    let mut mark_warned = false;
     let stopped = loop {
         match replayer.next().await {
             Ok(Some(outcome)) => {
+                if parked_queue && !args.dry_run && matches!(outcome, Outcome::Moved { .. }) {
+                    // The parking record says what became of the message.
+                    let marked =
+                        db::mark_parked(&pool, replayer.last_body(), ParkedOutcome::Replayed(id))
+                            .await;
+                    if let Err(e) = marked {
+                        if !mark_warned {
+                            mark_warned = true;
+                            view.say(&format!("warning: cannot mark parked_messages rows as replayed ({e}); the replay goes on"));
+                        }
+                    }
+                }
                 tally.add(&outcome);
+                tally.group(&outcome, replayer.last_class(), args.dry_run);
                 view.show(&outcome, &tally);
                 progress
                     .note(
@@ -179,6 +226,12 @@ pub(super) async fn run(
             format!("the replay ran but its end could not be recorded (replay record #{id})")
         })?;
 
+    if !per_message && !tally.groups.is_empty() {
+        println!("By outcome, class and destination:");
+        for line in tally.group_lines() {
+            println!("  {line}");
+        }
+    }
     println!("{}", tally.summary(queue, depth, args.dry_run, id));
     for (e, n) in &tally.errors {
         println!("  {n} × {e}");
@@ -243,10 +296,12 @@ impl Progress {
 struct View {
     bar: Option<ProgressBar>,
     dry_run: bool,
+    /// One line per message (else only the grouped summary at the end).
+    per_message: bool,
 }
 
 impl View {
-    fn new(depth: u64, dry_run: bool) -> Self {
+    fn new(depth: u64, dry_run: bool, per_message: bool) -> Self {
         let bar = std::io::stdout().is_terminal().then(|| {
             let pb = ProgressBar::new(depth);
             if let Ok(style) =
@@ -256,11 +311,19 @@ impl View {
             }
             pb
         });
-        Self { bar, dry_run }
+        Self {
+            bar,
+            dry_run,
+            per_message,
+        }
     }
 
     fn show(&self, outcome: &Outcome, tally: &Tally) {
-        if let Some(line) = line(outcome, self.dry_run, self.bar.is_some()) {
+        let shown = self
+            .per_message
+            .then(|| line(outcome, self.dry_run, self.bar.is_some()))
+            .flatten();
+        if let Some(line) = shown {
             match &self.bar {
                 Some(pb) => pb.println(line),
                 None => println!("{line}"),
@@ -354,6 +417,9 @@ struct Tally {
     failed: u64,
     /// Publish errors by text, for the summary.
     errors: BTreeMap<String, u64>,
+    /// Summary mode: what happened, by outcome, class and destination →
+    /// (count, position of the first).
+    groups: BTreeMap<String, (u64, u64)>,
 }
 
 impl Tally {
@@ -370,6 +436,80 @@ impl Tally {
                 *self.errors.entry(error.clone()).or_default() += 1;
             }
         }
+    }
+
+    /// Counts `outcome` (of a message whose current class is `class`) in its group.
+    fn group(&mut self, outcome: &Outcome, class: &str, dry_run: bool) {
+        let class = if class.is_empty() {
+            "no class".to_string()
+        } else {
+            class.to_string()
+        };
+        let (position, text) = match outcome {
+            Outcome::Moved {
+                position,
+                exchange,
+                routing_key,
+                ..
+            } => (
+                *position,
+                format!(
+                    "{} → {exchange:?} / {routing_key:?} [{class}]",
+                    verb(dry_run)
+                ),
+            ),
+            Outcome::NotMatching { position } => (
+                *position,
+                format!("kept: not matching the filter [{class}]"),
+            ),
+            Outcome::NoOrigin { position, .. } => (
+                *position,
+                format!(
+                    "kept: no {} header; use --to EXCHANGE[:ROUTING_KEY] [{class}]",
+                    headers::ORIGINAL_EXCHANGE
+                ),
+            ),
+            Outcome::RoutesBack {
+                position,
+                exchange,
+                routing_key,
+                queue,
+                hint,
+                ..
+            } => (
+                *position,
+                format!(
+                    "kept: exchange {exchange:?} routes routing key {routing_key:?} straight back \
+                     into {queue}; {hint} [{class}]"
+                ),
+            ),
+            Outcome::OriginRefused {
+                position,
+                exchange,
+                routing_key,
+                why,
+                ..
+            } => (
+                *position,
+                format!(
+                    "kept: not replayed to its recorded origin {exchange:?} / {routing_key:?}: \
+                     {why} [{class}]"
+                ),
+            ),
+            Outcome::Failed { position, error } => (*position, format!("kept: {error} [{class}]")),
+        };
+        let entry = self.groups.entry(text).or_insert((0, position));
+        entry.0 += 1;
+    }
+
+    /// `"   10 × moved → … [class]"`, in the order each group first appeared.
+    fn group_lines(&self) -> Vec<String> {
+        let mut groups: Vec<(&String, &(u64, u64))> = self.groups.iter().collect();
+        groups.sort_by_key(|(_, (_, first))| *first);
+        groups
+            .into_iter()
+            .map(|(text, (n, _))| format!("{n:>6} × {text}"))
+            .collect()
     }
 
     /// The one-line summary; `depth` is what the queue held at the start.
@@ -394,19 +534,6 @@ impl Tally {
             self.failed
         )
     }
-}
-
-/// Who runs the replay, for the record: `FLEET_OPERATOR` (set it in shared
-/// admin shells), else the login name, else the numeric uid.
-fn operator() -> String {
-    ["FLEET_OPERATOR", "USER", "LOGNAME"]
-        .iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .find(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            // SAFETY: getuid has no preconditions and cannot fail.
-            format!("uid {}", unsafe { libc::getuid() })
-        })
 }
 
 // ------------------------------------------------------------------ moving
@@ -491,11 +618,7 @@ pub(super) struct Rules {
 impl Rules {
     fn parse(args: &ReplayArgs) -> anyhow::Result<Self> {
         Ok(Self {
-            filters: args
-                .filters
-                .iter()
-                .map(|f| Filter::parse(f))
-                .collect::<anyhow::Result<Vec<_>>>()?,
+            filters: parse_filters(&args.filters)?,
             target: Target::parse(args.to.as_deref()),
             limit: args.limit.unwrap_or(u64::MAX),
             reset_retries: args.reset_retries,
@@ -531,6 +654,10 @@ pub(super) struct Replayer {
     stopping: Option<Stopped>,
     /// Nothing more to examine.
     done: bool,
+    /// The current error class of the message last examined.
+    last_class: String,
+    /// The body of the message last moved (to mark its parking record).
+    last_body: Vec<u8>,
 }
 
 impl Replayer {
@@ -560,7 +687,20 @@ impl Replayer {
             last_held: None,
             stopping: None,
             done: false,
+            last_class: String::new(),
+            last_body: Vec::new(),
         }
+    }
+
+    /// The body of the message last moved.
+    pub(super) fn last_body(&self) -> &[u8] {
+        &self.last_body
+    }
+
+    /// The current error class of the message [`next`](Self::next) last
+    /// examined (empty when it has none), for the summary's groups.
+    pub(super) fn last_class(&self) -> &str {
+        &self.last_class
     }
 
     /// Examines the next message: `Ok(None)` when the replay is complete
@@ -604,21 +744,19 @@ impl Replayer {
         let position = self.examined;
         let tag = d.delivery_tag;
         let hdrs = d.properties.headers().as_ref();
-        let now = current(
-            &self.topo,
-            &self.queue,
-            &Seen {
-                headers: hdrs,
-                exchange: d.exchange.as_str(),
-                routing_key: d.routing_key.as_str(),
-                timestamp: *d.properties.timestamp(),
-            },
-        );
+        let seen = Seen {
+            headers: hdrs,
+            exchange: d.exchange.as_str(),
+            routing_key: d.routing_key.as_str(),
+            timestamp: *d.properties.timestamp(),
+        };
+        let now = current(&self.topo, &self.queue, &seen);
+        self.last_class = now.class.clone().unwrap_or_default();
         if !self
             .rules
             .filters
             .iter()
-            .all(|f| f.matches(&now, hdrs, &d.data))
+            .all(|f| f.matches(&now, &seen, &d.data))
         {
             self.last_held = Some(tag);
             return Ok(Some(Outcome::NotMatching { position }));
@@ -688,6 +826,7 @@ impl Replayer {
         match published {
             Ok(()) => {
                 self.moved += 1;
+                self.last_body = d.data.clone();
                 // Confirmed: only now may it leave the queue.
                 match self.ch.basic_ack(tag, BasicAckOptions::default()).await {
                     Ok(()) => self.consecutive_failures = 0,
@@ -725,54 +864,6 @@ impl Replayer {
         let returned = return_all(&self.ch, self.last_held).await;
         let _ = self.ch.close(200, "replay done".into()).await;
         returned
-    }
-}
-
-/// One `--filter`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Filter {
-    /// The body's invalidationType (case-insensitive).
-    Type(String),
-    /// x-error-class, exactly.
-    Class(String),
-    /// Case-insensitive substring of x-error-message or x-park-reason.
-    Reason(String),
-    /// A header's value, exactly.
-    Header(String, String),
-}
-
-impl Filter {
-    fn parse(s: &str) -> anyhow::Result<Filter> {
-        let Some((k, v)) = s.split_once('=') else {
-            bail!("bad --filter {s:?}: expected KEY=VALUE, e.g. type=PRICE, class=malformed_json, reason=timeout or x-original-routing-key=price");
-        };
-        let (k, v) = (k.trim(), v.to_string());
-        if k.is_empty() {
-            bail!("bad --filter {s:?}: the key is empty");
-        }
-        Ok(match k {
-            "type" => Filter::Type(v),
-            "class" => Filter::Class(v),
-            "reason" => Filter::Reason(v.to_lowercase()),
-            _ => Filter::Header(k.to_string(), v),
-        })
-    }
-
-    /// Whether a message matches; `class` and `reason` read its current
-    /// diagnosis only (an earlier one is history).
-    fn matches(&self, now: &Current, headers: Option<&FieldTable>, body: &[u8]) -> bool {
-        match self {
-            Filter::Type(t) => serde_json::from_slice::<Value>(body)
-                .ok()
-                .and_then(|v| v["invalidationType"].as_str().map(str::to_string))
-                .is_some_and(|x| x.eq_ignore_ascii_case(t)),
-            Filter::Class(c) => now.class.as_deref() == Some(c),
-            Filter::Reason(r) => now
-                .reasons
-                .iter()
-                .any(|text| text.to_lowercase().contains(r.as_str())),
-            Filter::Header(k, v) => broker::header_text(headers, k).as_deref() == Some(v),
-        }
     }
 }
 
@@ -908,7 +999,6 @@ mod tests {
     use super::*;
     use fleet_shared::broker::header_text;
     use fleet_shared::config::Config;
-    use fleet_shared::topology::names;
 
     /// What `current` reads of `h` for a message in the fast lane's dlq.
     fn now_of(h: Option<&FieldTable>) -> Current {
@@ -938,15 +1028,40 @@ mod tests {
         );
         let body = br#"{"invalidationType":"PRICE"}"#;
         let now = now_of(Some(&h));
-        let m = |f: &str| Filter::parse(f).unwrap().matches(&now, Some(&h), body);
+        let seen = Seen {
+            headers: Some(&h),
+            exchange: names::DLX,
+            routing_key: names::FAST_LANE,
+            timestamp: None,
+        };
+        let m = |f: &str| Filter::parse(f).unwrap().matches(&now, &seen, body);
         assert!(m("type=price"));
         assert!(!m("type=STOCK"));
         assert!(m("class=malformed_json"));
+        assert!(
+            m("class=MALFORMED_JSON"),
+            "classes match regardless of case"
+        );
         assert!(!m("class=malformed"));
         assert!(m("reason=eof"));
         assert!(m("x-error-class=malformed_json"));
         assert!(!m("x-original-exchange=x"));
+        assert!(!m("request-id=r1"));
         assert!(Filter::parse("nokey").is_err());
+        let typo = Filter::parse("typ=PRICE").unwrap_err().to_string();
+        assert!(
+            typo.starts_with(
+                "unknown filter key `typ`; did you mean `type`? valid keys: type, class"
+            ),
+            "{typo}"
+        );
+        let with_id = br#"{"requestId":"R-1","invalidationType":"PRICE"}"#;
+        assert!(Filter::parse("request-id=R-1")
+            .unwrap()
+            .matches(&now, &seen, with_id));
+        assert!(!Filter::parse("request-id=r-1")
+            .unwrap()
+            .matches(&now, &seen, with_id));
     }
 
     #[test]
