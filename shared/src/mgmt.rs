@@ -352,6 +352,15 @@ impl Management {
 
     // ------------------------------------------------------------- vhosts
 
+    /// Whether `vhost` exists (`false` on HTTP 404).
+    pub async fn vhost_exists(&self, vhost: &str) -> Result<bool, MgmtError> {
+        match self.get::<Value>(&["vhosts", vhost]).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates `vhost` and gives this client's user full permissions on it.
     pub async fn create_vhost(&self, vhost: &str) -> Result<(), MgmtError> {
         self.put(&["vhosts", vhost], &serde_json::json!({})).await?;

@@ -23,7 +23,28 @@ use super::peek::{sample, Peeked};
 /// Messages `list` samples per queue for its top error reasons.
 const SAMPLE: usize = 100;
 
-pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::Result<ExitCode> {
+/// One operator queue, as `list --json` prints it (one object per line, as
+/// `jobs list --json`).
+#[derive(Debug, serde::Serialize)]
+struct Row<'a> {
+    queue: &'a str,
+    /// `false`: the queue is not declared on the broker.
+    exists: bool,
+    messages: u64,
+    /// When the oldest sampled message got here (RFC 3339).
+    oldest: Option<String>,
+    /// The current reasons of the sampled messages, commonest first.
+    reasons: Vec<(String, usize)>,
+    /// How many messages the reasons were read from.
+    sampled: usize,
+}
+
+pub(super) async fn run(
+    config: &Config,
+    topo: &Topology,
+    all: bool,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let vhost = vhost_of(&config.amqp.url);
     let conn = connect(config).await?;
     let operator = topo.operator_queues();
@@ -44,6 +65,20 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
     let mut total = 0u64;
     for (name, counts) in names.iter().zip(counts) {
         let Some(counts) = counts else {
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&Row {
+                        queue: name,
+                        exists: false,
+                        messages: 0,
+                        oldest: None,
+                        reasons: Vec::new(),
+                        sampled: 0,
+                    })?
+                );
+                continue;
+            }
             table.add_row(vec![
                 Cell::new(name),
                 Cell::new("-").set_alignment(CellAlignment::Right),
@@ -58,12 +93,31 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
         if depth == 0 && !all {
             continue;
         }
+        let sampled = if depth > 0 {
+            sample(&conn, name, SAMPLE).await?
+        } else {
+            Vec::new()
+        };
+        let oldest_time = sampled
+            .iter()
+            .filter_map(|p| p.current(topo, name).time)
+            .min();
+        if as_json {
+            println!(
+                "{}",
+                serde_json::to_string(&Row {
+                    queue: name,
+                    exists: true,
+                    messages: depth,
+                    oldest: oldest_time.map(|t| t.to_rfc3339()),
+                    reasons: reason_counts(topo, name, &sampled),
+                    sampled: sampled.len(),
+                })?
+            );
+            continue;
+        }
         let (oldest, reasons) = if depth > 0 {
-            let sampled = sample(&conn, name, SAMPLE).await?;
-            let oldest = sampled
-                .iter()
-                .filter_map(|p| p.current(topo, name).time)
-                .min()
+            let oldest = oldest_time
                 .map(age_text)
                 .unwrap_or_else(|| "unknown".into());
             (oldest, top_reasons(topo, name, &sampled, depth))
@@ -84,6 +138,9 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
         shown += 1;
     }
     let _ = conn.close(200, "done".into()).await;
+    if as_json {
+        return Ok(ExitCode::SUCCESS);
+    }
     if shown == 0 {
         println!(
             "No messages in any of the {} operator queues of vhost {vhost:?} (`--all` lists them).",
@@ -103,12 +160,7 @@ pub(super) async fn run(config: &Config, topo: &Topology, all: bool) -> anyhow::
 /// messages (see `common::current`: the error class, `parked: <kind>`,
 /// `broker: <reason>`, or the routing key of an unroutable message).
 fn top_reasons(topo: &Topology, queue: &str, sampled: &[Peeked], depth: u64) -> String {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for p in sampled {
-        *counts.entry(p.current(topo, queue).label).or_default() += 1;
-    }
-    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let counts = reason_counts(topo, queue, sampled);
     let mut text: Vec<String> = counts
         .iter()
         .take(3)
@@ -121,4 +173,15 @@ fn top_reasons(topo: &Topology, queue: &str, sampled: &[Peeked], depth: u64) -> 
         text.push(format!("(first {} sampled)", sampled.len()));
     }
     text.join(", ")
+}
+
+/// The current reasons of the sampled messages with their counts, commonest first.
+fn reason_counts(topo: &Topology, queue: &str, sampled: &[Peeked]) -> Vec<(String, usize)> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for p in sampled {
+        *counts.entry(p.current(topo, queue).label).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
 }

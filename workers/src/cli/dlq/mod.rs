@@ -43,6 +43,10 @@ pub enum DlqCommand {
         /// Show empty queues too.
         #[arg(long)]
         all: bool,
+        /// One JSON object per queue and line (queue, exists, messages,
+        /// oldest, reasons, sampled) instead of the table, as `jobs list --json`.
+        #[arg(long)]
+        json: bool,
     },
     /// Show messages with their error headers, non-destructively (they stay
     /// in the queue, in the same order).
