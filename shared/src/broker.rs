@@ -155,35 +155,86 @@ impl Nodes {
             match self.connect_node(i, properties(identity, role)).await {
                 Ok(conn) => {
                     if !failures.is_empty() {
+                        let skipped: Vec<String> = failures
+                            .iter()
+                            .map(|f: &NodeFailure| f.text.clone())
+                            .collect();
                         tracing::warn!(
                             node = %self.shown(i),
-                            skipped = %failures.join("; "),
+                            skipped = %skipped.join("; "),
                             role,
                             "Connected to another broker node."
                         );
                     }
                     return Ok((conn, i));
                 }
-                Err(why) => failures.push(format!("{} {why}", self.shown(i))),
+                Err(why) => failures.push(NodeFailure {
+                    text: format!("{} {}", self.shown(i), why.text),
+                    cause: why.cause,
+                }),
             }
         }
+        Err(ServiceError::new(
+            Service::RabbitMq,
+            self.failure_message(&failures),
+        ))
+    }
+
+    /// Why no node could be used, with the hint that fits the cause: a
+    /// missing vhost or refused credentials are fixed with `rabbitmqctl`
+    /// or AMQP_URL, never by starting a broker that is already running.
+    fn failure_message(&self, failures: &[NodeFailure]) -> String {
         let what = if self.urls.len() == 1 {
             "RabbitMQ".to_string()
         } else {
             format!("any of the {} RabbitMQ nodes", self.urls.len())
         };
-        Err(ServiceError::new(
-            Service::RabbitMq,
-            format!(
-                "cannot connect to {what}: {}. Is it running? Start it with \
-                 `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
-                if failures.is_empty() {
-                    "AMQP_URL names no node".to_string()
-                } else {
-                    failures.join("; ")
-                }
-            ),
-        ))
+        if failures.is_empty() {
+            return format!("cannot connect to {what}: AMQP_URL names no node.");
+        }
+        let detail = failures
+            .iter()
+            .map(|f| f.text.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let uri: Option<AMQPUri> = self.urls.first().and_then(|u| u.parse().ok());
+        let vhost = uri
+            .as_ref()
+            .map(|u| u.vhost.clone())
+            .unwrap_or_else(|| "/".into());
+        let user = uri
+            .as_ref()
+            .map(|u| u.authority.userinfo.username.clone())
+            .unwrap_or_default();
+        let any = |c: ConnectCause| failures.iter().any(|f| f.cause == c);
+        if any(ConnectCause::VhostMissing) {
+            return format!(
+                "cannot connect to {what}: vhost {vhost:?} does not exist ({detail}). The broker \
+                 is running; create the vhost with `rabbitmqctl add_vhost {vhost}` and \
+                 `rabbitmqctl set_permissions -p {vhost} {user} '.*' '.*' '.*'`, then declare the \
+                 fleet's queues with `fleet topology apply`; or fix the vhost in AMQP_URL (the \
+                 path after the host, `%2f` for \"/\")."
+            );
+        }
+        if any(ConnectCause::VhostForbidden) {
+            return format!(
+                "cannot connect to {what}: user {user:?} may not use vhost {vhost:?} ({detail}). \
+                 Grant it with `rabbitmqctl set_permissions -p {vhost} {user} '.*' '.*' '.*'`, or \
+                 use a user that may."
+            );
+        }
+        if any(ConnectCause::AccessRefused) {
+            return format!(
+                "cannot connect to {what}: the broker refused the login of user {user:?} \
+                 ({detail}): wrong user name or password in AMQP_URL. List users with \
+                 `rabbitmqctl list_users`; set a password with `rabbitmqctl change_password \
+                 {user} …`."
+            );
+        }
+        format!(
+            "cannot connect to {what}: {detail}. Is it running? Start it with \
+             `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it."
+        )
     }
 
     /// One attempt at node `i`: the TCP connect and the AMQP handshake
@@ -192,10 +243,11 @@ impl Nodes {
         &self,
         i: usize,
         props: ConnectionProperties,
-    ) -> Result<Connection, String> {
-        let mut uri: AMQPUri = self.urls[i]
-            .parse()
-            .map_err(|e| format!("is not an AMQP URL ({e})"))?;
+    ) -> Result<Connection, NodeFailure> {
+        let mut uri: AMQPUri = self.urls[i].parse().map_err(|e| NodeFailure {
+            text: format!("is not an AMQP URL ({e})"),
+            cause: ConnectCause::Other,
+        })?;
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(self.heartbeat);
         }
@@ -205,7 +257,10 @@ impl Nodes {
             .map(Duration::from_millis)
             .unwrap_or(self.connect_timeout);
         let runtime =
-            deadpool_lapin::lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+            deadpool_lapin::lapin::runtime::default_runtime().map_err(|e| NodeFailure {
+                text: e.to_string(),
+                cause: ConnectCause::Other,
+            })?;
         // lapin drives the connection from a thread of its own, which a
         // dropped handshake does not stop: it would wait on a node that never
         // answers for as long as the node keeps the socket open. A copy of
@@ -235,17 +290,70 @@ impl Nodes {
         let copy = socket.lock().unwrap().take();
         match result {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(format!("failed: {e}")),
+            Ok(Err(e)) => Err(NodeFailure {
+                cause: ConnectCause::of(&e),
+                text: format!("failed: {e}"),
+            }),
             Err(_) => {
                 if let Some(s) = copy {
                     let _ = s.shutdown(std::net::Shutdown::Both);
                 }
-                Err(format!(
-                    "did not answer within {} (TCP connect and AMQP handshake)",
-                    humantime::format_duration(limit)
-                ))
+                Err(NodeFailure {
+                    text: format!(
+                        "did not answer within {} (TCP connect and AMQP handshake)",
+                        humantime::format_duration(limit)
+                    ),
+                    cause: ConnectCause::Unreachable,
+                })
             }
         }
+    }
+}
+
+/// What went wrong at one node, and why (for the hint).
+#[derive(Debug, Clone)]
+struct NodeFailure {
+    text: String,
+    cause: ConnectCause,
+}
+
+/// Why a connection attempt failed, as far as the hint is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectCause {
+    /// Nothing answered (refused, no route, timed out): start the broker.
+    Unreachable,
+    /// 530 NOT_ALLOWED "vhost … not found".
+    VhostMissing,
+    /// 530 NOT_ALLOWED "access to vhost … refused for user …".
+    VhostForbidden,
+    /// 403 ACCESS_REFUSED at login: user name or password.
+    AccessRefused,
+    Other,
+}
+
+impl ConnectCause {
+    /// Reads the broker's reply code and text (lapin reports a refused
+    /// open as a protocol error; some versions only as text).
+    pub fn of(e: &deadpool_lapin::lapin::Error) -> Self {
+        use deadpool_lapin::lapin::ErrorKind;
+        let code = match e.kind() {
+            ErrorKind::ProtocolError(p) => Some(p.get_id()),
+            _ => None,
+        };
+        let text = e.to_string();
+        if code == Some(530) || text.contains("NOT_ALLOWED") {
+            if text.contains("not found") {
+                return ConnectCause::VhostMissing;
+            }
+            return ConnectCause::VhostForbidden;
+        }
+        if code == Some(403) || text.contains("ACCESS_REFUSED") {
+            return ConnectCause::AccessRefused;
+        }
+        if matches!(e.kind(), ErrorKind::IOError(_)) || text.contains("refused") {
+            return ConnectCause::Unreachable;
+        }
+        ConnectCause::Other
     }
 }
 
@@ -347,6 +455,28 @@ pub enum PublishError {
     },
     #[error("no publisher confirm within {0:?}")]
     Timeout(Duration),
+    /// The broker closed the channel with 404 NOT_FOUND: the exchange does
+    /// not exist in this vhost (a topology problem, not an outage).
+    #[error(
+        "exchange {exchange:?} does not exist in this vhost (404 NOT_FOUND); `fleet topology \
+         apply` declares the fleet's exchanges, or send elsewhere"
+    )]
+    NoExchange { exchange: String },
+}
+
+impl PublishError {
+    /// A lapin error of a publish to `exchange`, classified.
+    fn of(exchange: &str, e: &deadpool_lapin::lapin::Error) -> Self {
+        let text = e.to_string();
+        let not_found = matches!(e.kind(), deadpool_lapin::lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
+            || text.contains("NOT_FOUND");
+        if not_found && text.contains("exchange") {
+            return PublishError::NoExchange {
+                exchange: exchange.to_string(),
+            };
+        }
+        PublishError::Broker(text)
+    }
 }
 
 /// A message to publish.
@@ -464,11 +594,11 @@ impl Publisher {
                 msg.properties,
             )
             .await
-            .map_err(|e| PublishError::Broker(e.to_string()))?;
+            .map_err(|e| PublishError::of(msg.exchange, &e))?;
         let confirmation = tokio::time::timeout(self.inner.confirm_timeout, confirm)
             .await
             .map_err(|_| PublishError::Timeout(self.inner.confirm_timeout))?
-            .map_err(|e| PublishError::Broker(e.to_string()))?;
+            .map_err(|e| PublishError::of(msg.exchange, &e))?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable {

@@ -23,17 +23,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ServiceE
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|e| {
-            ServiceError::new(
-                Service::PostgreSql,
-                format!(
-                    "cannot connect to PostgreSQL at {}: {e}. Is it running? Start it with \
-                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-                     (or `scripts/services.sh`), or point DATABASE_URL at it.",
-                    redact(url)
-                ),
-            )
-        })?;
+        .map_err(|e| ServiceError::new(Service::PostgreSql, connect_failure(url, &e)))?;
     MIGRATOR.run(&pool).await.map_err(|e| {
         ServiceError::new(
             Service::PostgreSql,
@@ -52,15 +42,7 @@ pub async fn connect_existing(url: &str, max_connections: u32) -> Result<PgPool,
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|e| {
-            ServiceError::new(
-                Service::PostgreSql,
-                format!(
-                    "cannot connect to PostgreSQL at {}: {e}. Check DATABASE_URL (or --database-url).",
-                    redact(url)
-                ),
-            )
-        })?;
+        .map_err(|e| ServiceError::new(Service::PostgreSql, connect_failure(url, &e)))?;
     let present: Option<String> = sqlx::query_scalar("SELECT to_regclass('jobs')::text")
         .fetch_one(&pool)
         .await
@@ -76,6 +58,50 @@ pub async fn connect_existing(url: &str, max_connections: u32) -> Result<PgPool,
         ));
     }
     Ok(pool)
+}
+
+/// Why a connection to `url` failed, with the hint that fits the cause:
+/// a database that does not exist is created (`createdb`), wrong
+/// credentials are fixed in DATABASE_URL, and only a server that does not
+/// answer is started.
+pub fn connect_failure(url: &str, e: &sqlx::Error) -> String {
+    let shown = redact(url);
+    let parsed = reqwest::Url::parse(url).ok();
+    let db = parsed
+        .as_ref()
+        .map(|u| u.path().trim_start_matches('/').to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "(the user's name)".into());
+    let user = parsed
+        .as_ref()
+        .map(|u| u.username().to_string())
+        .unwrap_or_default();
+    let host = parsed
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "localhost".into());
+    let code = e
+        .as_database_error()
+        .and_then(|d| d.code().map(|c| c.into_owned()));
+    match code.as_deref() {
+        Some("3D000") => format!(
+            "cannot connect to PostgreSQL at {shown}: database {db:?} does not exist ({e}). The \
+             server is running; create the database with `createdb -h {host} -U {user} {db}` \
+             (or `psql -c 'CREATE DATABASE \"{db}\"'`) — the workers create its tables when \
+             they start — or fix the database name in DATABASE_URL."
+        ),
+        Some("28P01") | Some("28000") => format!(
+            "cannot connect to PostgreSQL at {shown}: the server refused user {user:?} ({e}): \
+             wrong user name or password in DATABASE_URL, or no pg_hba.conf entry lets this user \
+             in from here."
+        ),
+        Some(_) => format!("cannot connect to PostgreSQL at {shown}: {e}."),
+        None => format!(
+            "cannot connect to PostgreSQL at {shown}: {e}. Is it running? Start it with \
+             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+             (or `scripts/services.sh`), or point DATABASE_URL at it."
+        ),
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
