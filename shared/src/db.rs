@@ -659,3 +659,74 @@ async fn insert_replay(pool: &PgPool, r: &Replay, state: ReplayState) -> sqlx::R
     .await?;
     Ok(id)
 }
+
+/// One operator purge.
+#[derive(Debug, Clone)]
+pub struct Purge {
+    pub queue: String,
+    pub filter: Option<String>,
+    pub operator: String,
+    pub host: String,
+}
+
+/// Puts a purge on record as it starts (`running`); returns its id.
+pub async fn start_purge(pool: &PgPool, p: &Purge) -> sqlx::Result<i64> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO purges (queue, filter, operator, host) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&p.queue)
+    .bind(&p.filter)
+    .bind(&p.operator)
+    .bind(&p.host)
+    .fetch_one(pool)
+    .await?;
+    Ok(id)
+}
+
+/// Records how a purge ended (`state` as for replays).
+pub async fn finish_purge(
+    pool: &PgPool,
+    id: i64,
+    purged: i32,
+    kept: i32,
+    state: ReplayState,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE purges SET purged = $2, kept = $3, state = $4, finished_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(purged)
+    .bind(kept)
+    .bind(state.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// What an operator did with a parked message.
+#[derive(Debug, Clone, Copy)]
+pub enum ParkedOutcome {
+    /// Moved by replay record `id`.
+    Replayed(i64),
+    /// Deleted by purge record `id`.
+    Purged(i64),
+}
+
+/// Marks the oldest open `parked_messages` row with this body as replayed
+/// or purged; `false` when there is none (parked before the table existed,
+/// or already marked).
+pub async fn mark_parked(pool: &PgPool, body: &[u8], outcome: ParkedOutcome) -> sqlx::Result<bool> {
+    let (set, id) = match outcome {
+        ParkedOutcome::Replayed(id) => ("replayed_at = now(), replay_id = $2", id),
+        ParkedOutcome::Purged(id) => ("purged_at = now(), purge_id = $2", id),
+    };
+    let sql = format!(
+        "UPDATE parked_messages SET {set}
+         WHERE id = (SELECT id FROM parked_messages
+                     WHERE md5(body) = md5($1) AND body = $1
+                       AND replayed_at IS NULL AND purged_at IS NULL
+                     ORDER BY id LIMIT 1)"
+    );
+    let done = sqlx::query(&sql).bind(body).bind(id).execute(pool).await?;
+    Ok(done.rows_affected() == 1)
+}
