@@ -249,26 +249,161 @@ pub struct Mismatch {
     pub found: String,
 }
 
+impl Mismatch {
+    /// The configuration key (and its variable) whose value the wanted
+    /// argument comes from, when it is configuration rather than the
+    /// topology file: the retry delay queue's TTL is `retry.delay`; a
+    /// queue's type, and the quorum-only arguments that come and go with
+    /// it, are `topology.queue_type`.
+    pub fn config_key(&self) -> Option<(&'static str, &'static str)> {
+        let quorum_only = [
+            "x-delivery-limit",
+            "x-dead-letter-strategy",
+            "x-overflow",
+            LEADER_LOCATOR,
+        ];
+        match self.argument.as_str() {
+            "x-message-ttl" if self.name == names::RETRY_DELAY => {
+                Some(("retry.delay", "FLEET_RETRY_DELAY"))
+            }
+            "x-queue-type" => Some(("topology.queue_type", "FLEET_TOPOLOGY_QUEUE_TYPE")),
+            a if quorum_only.contains(&a) && (self.wanted == "none" || self.found == "none") => {
+                Some(("topology.queue_type", "FLEET_TOPOLOGY_QUEUE_TYPE"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Where the wanted value comes from, for people.
+    fn source(&self) -> String {
+        match self.config_key() {
+            Some((key, var)) => format!("the topology (from configuration key {key}, {var})"),
+            None => "the topology".into(),
+        }
+    }
+}
+
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{} '{}' already exists with {} = {}, but the topology wants {}",
             self.kind, self.name, self.argument, self.found, self.wanted
-        )
+        )?;
+        if let Some((key, var)) = self.config_key() {
+            write!(f, " (from configuration key {key}, {var})")?;
+        }
+        Ok(())
     }
 }
 
-fn format_mismatches(m: &[Mismatch]) -> String {
-    let mut s = String::from("the broker's topology conflicts with the topology file:\n");
+/// The conflicts among a plan's changes.
+pub fn conflicts(changes: &[Change]) -> Vec<Mismatch> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Conflict(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Conflicts for people: each one when there are few, else one line per
+/// kind of conflict (argument, found, wanted) with a count and examples —
+/// switching the queue type conflicts on every queue at once.
+pub fn conflict_lines(m: &[Mismatch]) -> Vec<String> {
+    const EACH_UP_TO: usize = 8;
+    if m.len() <= EACH_UP_TO {
+        return m.iter().map(|x| x.to_string()).collect();
+    }
+    let mut groups: BTreeMap<(&str, &str, &str, &str), Vec<&str>> = BTreeMap::new();
     for x in m {
-        s.push_str(&format!("  - {x}\n"));
+        groups
+            .entry((
+                x.kind,
+                x.argument.as_str(),
+                x.found.as_str(),
+                x.wanted.as_str(),
+            ))
+            .or_default()
+            .push(x.name.as_str());
+    }
+    groups
+        .into_iter()
+        .map(|((kind, argument, found, wanted), names)| {
+            let source = m
+                .iter()
+                .find(|x| x.argument == argument && x.found == found && x.wanted == wanted)
+                .map(Mismatch::source)
+                .unwrap_or_default();
+            let examples: Vec<&str> = names.iter().take(3).copied().collect();
+            let more = names.len().saturating_sub(examples.len());
+            format!(
+                "{} {kind}(s) exist with {argument} = {found}, but {source} wants {wanted}: {}{}",
+                names.len(),
+                examples.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect()
+}
+
+/// What to do about conflicts: set the configuration back, or drain and
+/// re-create each queue (its messages kept, in order, confirmed).
+pub fn conflict_advice(m: &[Mismatch]) -> String {
+    let mut s = String::from("A queue's arguments cannot change in place.");
+    let mut keys: BTreeMap<(&str, &str), &Mismatch> = BTreeMap::new();
+    for x in m {
+        if let Some(k) = x.config_key() {
+            keys.entry(k).or_insert(x);
+        }
+    }
+    for ((key, var), x) in &keys {
+        let back = match *key {
+            "retry.delay" => format!("{var}={}ms", x.found),
+            "topology.queue_type" => {
+                let found_type = m
+                    .iter()
+                    .find(|y| y.argument == "x-queue-type")
+                    .map(|y| y.found.trim_matches('"'))
+                    .unwrap_or("classic");
+                let found_type = if found_type == "none" {
+                    "classic"
+                } else {
+                    found_type
+                };
+                format!("{var}={found_type}")
+            }
+            _ => format!("{var} as before"),
+        };
+        s.push_str(&format!(
+            " The wanted value comes from configuration key {key} ({var}), not the topology file: \
+             to keep the existing queues, run every worker and command with {back} (or unset it)."
+        ));
     }
     s.push_str(
-        "A queue's arguments cannot change in place. Drain the queue (or move its messages with \
-         `fleet dlq replay --to`), delete it in the management UI, then run `fleet topology apply`; \
-         or change the topology file to match. `fleet topology plan` lists every difference.",
+        " To change a queue, drain and re-create it, one queue at a time, with every worker \
+         stopped (a starting worker declares it again):\n\
+         \x20 1. rabbitmqadmin declare queue name=QUEUE.migrate durable=true   (a holding queue)\n\
+         \x20 2. fleet dlq replay QUEUE --to :QUEUE.migrate --verbose         (each message confirmed, in order)\n\
+         \x20 3. rabbitmqctl delete_queue QUEUE   (add -p VHOST; check it is empty first)\n\
+         \x20 4. fleet topology apply                                         (re-creates it as configured)\n\
+         \x20 5. fleet dlq replay QUEUE.migrate --to :QUEUE --verbose, then rabbitmqctl delete_queue QUEUE.migrate\n\
+         Or change the topology file to match. `fleet topology plan` lists every difference.",
     );
+    s
+}
+
+fn format_mismatches(m: &[Mismatch]) -> String {
+    let mut s = String::from("the broker's topology conflicts with the configuration:\n");
+    for line in conflict_lines(m) {
+        s.push_str(&format!("  - {line}\n"));
+    }
+    s.push_str(&conflict_advice(m));
     s
 }
 
@@ -905,7 +1040,10 @@ fn diff_args(
     let keys: BTreeSet<&String> = wanted.keys().chain(live.keys()).collect();
     for key in keys {
         let w = wanted.get(key);
-        let l = live.get(key).and_then(Arg::from_json);
+        // A queue declared without a type is a classic queue.
+        let l = live.get(key).and_then(Arg::from_json).or_else(|| {
+            (kind == "queue" && key == "x-queue-type").then(|| Arg::Str("classic".into()))
+        });
         // The broker fills in `x-queue-type` for queues declared without one.
         if key == "x-queue-type" && w.is_none() && l == Some(Arg::Str("classic".into())) {
             continue;

@@ -35,16 +35,20 @@ pub async fn run(config: &Config, cmd: TopologyCommand) -> anyhow::Result<ExitCo
                 println!("No changes: vhost {vhost:?} matches the topology ({} exchanges, {} queues, {} bindings).", topo.exchanges.len(), topo.queues.len(), topo.bindings.len());
                 return Ok(ExitCode::SUCCESS);
             }
-            for c in &changes {
+            let conflicts = topology::conflicts(&changes);
+            for c in changes.iter().filter(|c| !c.is_conflict()) {
                 println!("{c}");
             }
-            let conflicts = changes.iter().filter(|c| c.is_conflict()).count();
+            for line in topology::conflict_lines(&conflicts) {
+                println!("! conflict {line}");
+            }
             println!(
-                "\n{} to create, {conflicts} conflict(s) in vhost {vhost:?}.",
-                changes.len() - conflicts
+                "\n{} to create, {} conflict(s) in vhost {vhost:?}.",
+                changes.len() - conflicts.len(),
+                conflicts.len()
             );
-            if conflicts > 0 {
-                println!("Conflicts cannot be applied: a queue's arguments cannot change in place. Drain and delete the queue, or change the topology file.");
+            if !conflicts.is_empty() {
+                println!("{}", topology::conflict_advice(&conflicts));
                 return Ok(ExitCode::from(2));
             }
             Ok(ExitCode::SUCCESS)
