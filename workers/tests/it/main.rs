@@ -13,6 +13,7 @@ mod ingress;
 mod jobs;
 mod monitoring;
 mod operators;
+mod ops;
 mod pipeline;
 mod producers;
 mod replay;
