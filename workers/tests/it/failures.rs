@@ -141,6 +141,18 @@ async fn a_failed_message_comes_back_after_the_delay_and_is_parked_once_too_old(
         "{}",
         rows[0].reason
     );
+    // The headers are stored as JSON a query can reach into: the delay
+    // queue's x-death an array of objects, not JSON text in a string.
+    let (kind, reason): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT jsonb_typeof(headers->'x-death'), headers->'x-death'->0->>'reason' FROM parked_messages",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (kind.as_deref(), reason.as_deref()),
+        (Some("array"), Some("expired"))
+    );
     fleet.stop().await.unwrap();
 }
 
