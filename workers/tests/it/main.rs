@@ -14,6 +14,7 @@ mod jobs;
 mod monitoring;
 mod operators;
 mod pipeline;
+mod privileges;
 mod producers;
 mod replay;
 mod search;
