@@ -462,6 +462,10 @@ pub enum PublishError {
          apply` declares the fleet's exchanges, or send elsewhere"
     )]
     NoExchange { exchange: String },
+    /// The user may not publish to the exchange (ACCESS_REFUSED): a
+    /// permissions problem an operator must fix, said in plain words.
+    #[error("{0}")]
+    AccessRefused(crate::access::Refusal),
 }
 
 impl PublishError {
@@ -516,6 +520,8 @@ struct PublisherInner {
     pool: deadpool::managed::Pool<NodeManager>,
     channel: Mutex<Option<Channel>>,
     confirm_timeout: Duration,
+    /// The AMQP user the nodes' URLs name, for the words of a refusal.
+    user: Option<String>,
 }
 
 impl Publisher {
@@ -527,6 +533,7 @@ impl Publisher {
         confirm_timeout: Duration,
     ) -> Result<Self, ServiceError> {
         let nodes = target.into();
+        let user = nodes.urls.first().and_then(|u| amqp_user(u));
         let manager = NodeManager {
             nodes,
             identity: identity.clone(),
@@ -541,6 +548,7 @@ impl Publisher {
                 pool,
                 channel: Mutex::new(None),
                 confirm_timeout,
+                user,
             }),
         };
         // Check the broker answers now, so a missing one is reported at
@@ -594,11 +602,11 @@ impl Publisher {
                 msg.properties,
             )
             .await
-            .map_err(|e| PublishError::of(msg.exchange, &e))?;
+            .map_err(|e| self.publish_error(msg.exchange, e))?;
         let confirmation = tokio::time::timeout(self.inner.confirm_timeout, confirm)
             .await
             .map_err(|_| PublishError::Timeout(self.inner.confirm_timeout))?
-            .map_err(|e| PublishError::of(msg.exchange, &e))?;
+            .map_err(|e| self.publish_error(msg.exchange, e))?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable {
@@ -614,6 +622,25 @@ impl Publisher {
                 "publisher confirms were not enabled on the channel".into(),
             )),
         }
+    }
+
+    /// A refusal for lack of rights in plain words; any other error as the broker put it.
+    fn publish_error(&self, exchange: &str, e: deadpool_lapin::lapin::Error) -> PublishError {
+        if is_access_refused(&e) {
+            PublishError::AccessRefused(crate::access::Refusal::new(
+                "publish to",
+                crate::access::exchange_resource(exchange),
+                self.inner.user.clone(),
+                e.to_string(),
+            ))
+        } else {
+            PublishError::of(exchange, &e)
+        }
+    }
+
+    /// The AMQP user this publisher connects as (`None` with certificates).
+    pub fn user(&self) -> Option<&str> {
+        self.inner.user.as_deref()
     }
 
     /// A live connection from the pool (for topology declares and health
@@ -646,6 +673,13 @@ pub async fn inspect_queue(
 /// Whether the broker answered NOT_FOUND (no such queue or exchange).
 pub fn is_not_found(e: &deadpool_lapin::lapin::Error) -> bool {
     matches!(e.kind(), deadpool_lapin::lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
+}
+
+/// Whether the broker refused an operation for lack of rights
+/// (ACCESS_REFUSED, 403: the user's configure / write / read pattern does
+/// not cover the exchange or queue).
+pub fn is_access_refused(e: &deadpool_lapin::lapin::Error) -> bool {
+    matches!(e.kind(), deadpool_lapin::lapin::ErrorKind::ProtocolError(p) if p.get_id() == 403)
 }
 
 /// A queue's counts as the broker itself reports them (a passive declare):

@@ -129,6 +129,15 @@ pub struct AmqpConfig {
     /// How long to wait for a publisher confirm before treating the publish as failed.
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
+    /// The AMQP users of the fleet's other worker types, comma-separated,
+    /// when each type has its own (`fleet topology export --users`): a
+    /// message whose `user_id` is one of them was published by the fleet
+    /// (the broker vouches for `user_id`), so its retry counters are
+    /// believed as if this process had published it. Needed for the retry
+    /// handler's returns: it stamps its own user, and without this the
+    /// lanes would count every return as a first attempt. Empty: only this
+    /// process's own user (`url`) is the fleet.
+    pub fleet_users: String,
 }
 
 impl AmqpConfig {
@@ -220,6 +229,7 @@ impl Default for AmqpConfig {
             prefetch_by_worker: BTreeMap::from([("partition".to_string(), 4)]),
             reconnect_max_backoff: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(30),
+            fleet_users: String::new(),
         }
     }
 }
@@ -652,7 +662,11 @@ impl Config {
                 continue;
             };
             // Variables the scripts and CLI use for themselves, not config keys.
-            if matches!(rest, "CONFIG" | "LOG" | "LOG_FORMAT" | "OPERATOR") {
+            // `FLEET_PASSWORD_<WORKER>`: the worker users' passwords that
+            // `fleet topology export|apply --users` reads.
+            if matches!(rest, "CONFIG" | "LOG" | "LOG_FORMAT" | "OPERATOR")
+                || rest.starts_with("PASSWORD_")
+            {
                 continue;
             }
             let (section, key) = locate(&merged, var, rest)?;
@@ -1075,6 +1089,7 @@ mod tests {
         c.amqp.prefetch_by_worker = BTreeMap::from([("dispatcher".into(), 9)]);
         c.amqp.reconnect_max_backoff = Duration::from_millis(2500);
         c.amqp.confirm_timeout = Duration::from_secs(90);
+        c.amqp.fleet_users = "fleet-retry,fleet-ingest".into();
         c.database.url = "postgres://postgres@10.0.0.2:5432/fleet_x".into();
         c.database.max_connections = 3;
         c.redis.url = "redis://10.0.0.3:6379/2".into();

@@ -5,6 +5,7 @@
 //! This crate knows nothing about any particular worker: it must not name the
 //! dispatcher, the partition worker or the CLI. See `ARCHITECTURE.md`.
 
+pub mod access;
 pub mod broker;
 pub mod config;
 pub mod db;

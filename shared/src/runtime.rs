@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::access::{queue_resource, Refusal};
 use crate::broker::{
     self, counters_trusted, header_i64, header_text, headers, supersede, HeaderValue, Identity,
     Outgoing, PublishError, Publisher,
@@ -104,12 +105,14 @@ impl HandlerError {
 }
 
 /// Classifies a publish failure: an unroutable message is a topology problem
-/// that an operator must fix, everything else is a passing broker problem.
-/// Both are retried: nothing is lost while the operator fixes the topology.
+/// and a refused one (ACCESS_REFUSED) a permissions problem, both for an
+/// operator to fix; everything else is a passing broker problem. All are
+/// retried: nothing is lost while the operator fixes the topology or the rights.
 impl From<PublishError> for HandlerError {
     fn from(e: PublishError) -> Self {
         let class = match e {
             PublishError::Unroutable { .. } => "unroutable",
+            PublishError::AccessRefused(_) => "access_refused",
             _ => "broker",
         };
         HandlerError::transient(class, e)
@@ -315,7 +318,13 @@ pub async fn consume<H: Handler>(
                     );
                     redeclare = false;
                 }
-                Err(error) => {
+                Err(RedeclareError::Refused(error)) => {
+                    // A least-privilege user may not declare (no configure
+                    // right, by design): the queue must come back from an
+                    // operator's `fleet topology apply`.
+                    tracing::error!(%error, worker, "A queue this worker consumes is missing and this user may not declare the topology: run `fleet topology apply` as an administrator. Retrying.");
+                }
+                Err(RedeclareError::Other(error)) => {
                     tracing::warn!(%error, worker, "Could not re-apply the topology; retrying.")
                 }
             }
@@ -337,6 +346,15 @@ pub async fn consume<H: Handler>(
             Ok(SessionEnd::Lost) => {
                 tracing::warn!(worker, "Lost the broker connection; reconnecting.");
                 backoff = Duration::from_millis(250);
+            }
+            Ok(SessionEnd::Refused(refusal)) => {
+                // Loud, and tried again with backoff (not a crash loop): a
+                // fixed permission is picked up by the next session.
+                tracing::error!(error = %refusal, worker, ?backoff, "The broker refused this worker's consumer; retrying.");
+                if sleep_or_shutdown(backoff, &shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(max_backoff);
             }
             Ok(SessionEnd::Cancelled(queue)) => {
                 tracing::warn!(worker, %queue, "The broker cancelled the consumer (queue deleted, or its node went down); reconnecting.");
@@ -363,17 +381,31 @@ enum SessionEnd {
     Lost,
     /// The broker cancelled the consumer of this queue.
     Cancelled(String),
+    /// The user may not consume a queue (ACCESS_REFUSED).
+    Refused(Refusal),
+}
+
+enum RedeclareError {
+    /// The user may not declare (no configure right).
+    Refused(String),
+    Other(String),
 }
 
 async fn redeclare_topology(
     ctx: &Context,
     conn: &deadpool_lapin::lapin::Connection,
-) -> Result<(), String> {
-    let topology = crate::topology::Topology::load(&ctx.config).map_err(|e| e.to_string())?;
+) -> Result<(), RedeclareError> {
+    let topology = crate::topology::Topology::load(&ctx.config)
+        .map_err(|e| RedeclareError::Other(e.to_string()))?;
     crate::topology::apply(conn, &topology)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            crate::topology::TopologyError::AccessRefused(r) => {
+                RedeclareError::Refused(r.to_string())
+            }
+            other => RedeclareError::Other(other.to_string()),
+        })
 }
 
 async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
@@ -400,14 +432,26 @@ async fn run_session<H: Handler>(
     let mut tags = Vec::new();
     for q in queues {
         let tag = ctx.identity.consumer_tag(q);
-        let consumer = channel
+        let consumer = match channel
             .basic_consume(
                 q.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if broker::is_access_refused(&e) => {
+                return Ok(SessionEnd::Refused(Refusal::new(
+                    "consume from",
+                    queue_resource(q),
+                    fleet_user(ctx),
+                    e.to_string(),
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         tags.push(tag);
         let queue = q.clone();
         let ended = q.clone();
@@ -640,9 +684,14 @@ fn belief(ctx: &Context, msg: &Incoming) -> Belief {
             counters: true,
         };
     }
+    let props = &msg.delivery.properties;
+    // Another worker type's own user (least privilege) is the fleet too.
+    let other_worker = props.user_id().as_ref().is_some_and(|u| {
+        crate::config::split_list(&ctx.config.amqp.fleet_users).contains(&u.as_str())
+    });
     Belief {
         origin: false,
-        counters: counters_trusted(&msg.delivery.properties, fleet_user(ctx).as_deref()),
+        counters: other_worker || counters_trusted(props, fleet_user(ctx).as_deref()),
     }
 }
 

@@ -235,6 +235,10 @@ pub enum TopologyError {
     Mismatch(Vec<Mismatch>),
     #[error("topology: broker refused {what}: {message}")]
     Broker { what: String, message: String },
+    /// The user may not declare or bind (no configure right): workers with
+    /// least-privilege users leave the topology to an operator.
+    #[error("topology: {0}")]
+    AccessRefused(crate::access::Refusal),
 }
 
 /// A queue or exchange that exists with arguments other than the file's.
@@ -538,6 +542,30 @@ impl Topology {
         }
         Ok(())
     }
+
+    /// The exchanges [`allows_return`](Self::allows_return) lets the retry
+    /// handler send messages back to, by the names RabbitMQ's permissions
+    /// use ([`DEFAULT_EXCHANGE`](crate::access::DEFAULT_EXCHANGE) for the
+    /// default exchange): every exchange with a binding it allows, and the
+    /// default exchange when some queue may be returned to by name. The
+    /// retry handler's write right is exactly this set (plus its own
+    /// outputs), so the two never disagree.
+    pub fn return_exchanges(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self
+            .bindings
+            .iter()
+            .filter(|b| self.allows_return(&b.exchange, &b.routing_key).is_ok())
+            .map(|b| b.exchange.clone())
+            .collect();
+        if self
+            .queues
+            .iter()
+            .any(|q| self.allows_return("", &q.name).is_ok())
+        {
+            out.insert(crate::access::DEFAULT_EXCHANGE.into());
+        }
+        out
+    }
 }
 
 /// Whether a topic exchange's binding `pattern` matches `key`: words are
@@ -837,9 +865,20 @@ pub struct ApplyReport {
 /// stop the others from being checked: every conflict is reported at once.
 pub async fn apply(conn: &Connection, topology: &Topology) -> Result<ApplyReport, TopologyError> {
     let broker = |what: String| {
-        move |e: deadpool_lapin::lapin::Error| TopologyError::Broker {
-            what: what.clone(),
-            message: e.to_string(),
+        move |e: deadpool_lapin::lapin::Error| {
+            if crate::broker::is_access_refused(&e) {
+                TopologyError::AccessRefused(crate::access::Refusal::new(
+                    "declare",
+                    what.clone(),
+                    None,
+                    e.to_string(),
+                ))
+            } else {
+                TopologyError::Broker {
+                    what: what.clone(),
+                    message: e.to_string(),
+                }
+            }
         }
     };
     let open = || async {
@@ -868,7 +907,7 @@ pub async fn apply(conn: &Connection, topology: &Topology) -> Result<ApplyReport
             Err(err) => {
                 let text = err.to_string();
                 if !text.contains("PRECONDITION_FAILED") {
-                    return Err(broker(format!("exchange {}", e.name))(err));
+                    return Err(broker(format!("exchange {:?}", e.name))(err));
                 }
                 let mut m = parse_precondition("exchange", &e.name, &text);
                 if !text.contains("inequivalent arg") {
@@ -895,7 +934,7 @@ pub async fn apply(conn: &Connection, topology: &Topology) -> Result<ApplyReport
                 Err(err) => {
                     let text = err.to_string();
                     if !text.contains("PRECONDITION_FAILED") {
-                        return Err(broker(format!("queue {}", q.name))(err));
+                        return Err(broker(format!("queue {:?}", q.name))(err));
                     }
                     ch = open().await?;
                     let m = parse_precondition("queue", &q.name, &text);
@@ -925,7 +964,7 @@ pub async fn apply(conn: &Connection, topology: &Topology) -> Result<ApplyReport
             FieldTable::default(),
         )
         .await
-        .map_err(broker(format!("binding {} -> {}", b.exchange, b.queue)))?;
+        .map_err(broker(format!("binding {:?} -> {:?}", b.exchange, b.queue)))?;
         report.bindings += 1;
     }
     let _ = ch.close(200, "topology applied".into()).await;
@@ -1292,6 +1331,21 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_retry_handler_may_write_exactly_where_it_may_return() {
+        let t = builtin(&Config::default());
+        let mut expected: BTreeSet<String> = [
+            names::REQUESTS,
+            names::PARTITIONS,
+            crate::access::DEFAULT_EXCHANGE,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        expected.extend(crate::source::SourceKind::ALL.iter().map(|k| k.queue()));
+        assert_eq!(t.return_exchanges(), expected);
     }
 
     #[test]

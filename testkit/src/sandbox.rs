@@ -93,6 +93,7 @@ impl Sandbox {
                 vhost: None,
                 database: None,
                 key_prefix: None,
+                users: Vec::new(),
             },
             vhost,
             db_name,
@@ -183,6 +184,28 @@ impl Sandbox {
         let mut vars = self.config.to_env();
         vars.push(("FLEET_LOG".into(), filter.into()));
         vars
+    }
+
+    /// Removes the broker user `name` with the sandbox (users are not
+    /// per vhost: a test that creates one names it after the vhost, so
+    /// tests never share one).
+    pub fn delete_user_on_drop(&mut self, name: &str) {
+        self.leftovers.users.push(name.to_string());
+    }
+
+    /// The sandbox's AMQP URL (every node) logged in as `user`.
+    pub fn amqp_url_as(&self, user: &str, password: &str) -> String {
+        fleet_shared::config::split_list(&self.config.amqp.url)
+            .into_iter()
+            .map(|node| {
+                let mut u = reqwest::Url::parse(node).expect("the sandbox's URL parses");
+                // `expect`s: an amqp URL with a host takes credentials.
+                u.set_username(user).expect("a URL with a host");
+                u.set_password(Some(password)).expect("a URL with a host");
+                u.to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Applies the topology of `self.config` in the vhost.
@@ -396,16 +419,41 @@ struct Leftovers {
     vhost: Option<String>,
     database: Option<String>,
     key_prefix: Option<String>,
+    /// Broker users a test made for this sandbox.
+    users: Vec<String>,
 }
 
 impl Leftovers {
     fn is_empty(&self) -> bool {
-        self.vhost.is_none() && self.database.is_none() && self.key_prefix.is_none()
+        self.vhost.is_none()
+            && self.database.is_none()
+            && self.key_prefix.is_none()
+            && self.users.is_empty()
     }
 
     /// Tries every removal; forgets what is gone, returns what failed.
     async fn remove(&mut self) -> Vec<anyhow::Error> {
         let mut failed = Vec::new();
+        let mut kept = Vec::new();
+        for user in std::mem::take(&mut self.users) {
+            let deleted = async {
+                Management::new(&self.management_url)?
+                    .delete_user(&user)
+                    .await
+            }
+            .await;
+            match deleted {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    failed.push(
+                        anyhow::Error::new(e).context(format!("could not delete user {user}")),
+                    );
+                    kept.push(user);
+                }
+            }
+        }
+        self.users = kept;
         if let Some(vhost) = &self.vhost {
             let deleted = async {
                 Management::new(&self.management_url)?

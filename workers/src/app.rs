@@ -143,13 +143,26 @@ pub async fn run(
     let config = Arc::new(config);
     let first = context(&config, kinds.first().map(|k| k.name()).unwrap_or("fleet")).await?;
     if config.worker.apply_topology {
-        let report = apply_topology(&first).await?;
-        tracing::info!(
-            exchanges = report.exchanges,
-            queues = report.queues,
-            bindings = report.bindings,
-            "Topology applied."
-        );
+        match apply_topology(&first).await {
+            Ok(report) => tracing::info!(
+                exchanges = report.exchanges,
+                queues = report.queues,
+                bindings = report.bindings,
+                "Topology applied."
+            ),
+            // A least-privilege user (`fleet topology export --users`) has
+            // no configure right by design. Refusing to start would be a
+            // crash loop over a topology an operator applies anyway: say
+            // so once and go on; a missing queue then shows as a consumer
+            // that cannot start, with its own clear error.
+            Err(e) => match e.downcast_ref::<topology::TopologyError>() {
+                Some(topology::TopologyError::AccessRefused(refusal)) => tracing::warn!(
+                    error = %refusal,
+                    "This worker's user may not declare the topology (least privilege); going on with the topology an operator applied (`fleet topology apply` as an administrator). FLEET_WORKER_APPLY_TOPOLOGY=false skips this attempt."
+                ),
+                _ => return Err(e),
+            },
+        }
     }
     let services = Services::connect(config.clone(), kinds).await?;
     // Every consumer loop of this process reports here; a queue the broker

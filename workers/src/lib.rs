@@ -12,5 +12,6 @@ pub mod dispatcher;
 pub mod ingest;
 pub mod job;
 pub mod partition;
+pub mod privileges;
 pub mod retry;
 pub mod sweeper;

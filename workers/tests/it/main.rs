@@ -15,6 +15,7 @@ mod monitoring;
 mod operators;
 mod ops;
 mod pipeline;
+mod privileges;
 mod producers;
 mod replay;
 mod search;
