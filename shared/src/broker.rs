@@ -11,6 +11,9 @@
 //! - no connection attempt waits longer than the connect timeout (TCP connect
 //!   and AMQP handshake together), and every connection has the heartbeat
 //!   on: a node that accepts and never answers costs seconds, never forever.
+//! - an `amqps://` node is always dialled with TLS (the fleet's trust,
+//!   [`crate::tls`]), never in plaintext: the TLS handshake is done here,
+//!   not left to a library feature that falls back to a plain socket.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -19,15 +22,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_lapin::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use deadpool_lapin::lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, TLSConfig};
+use deadpool_lapin::lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, RustlsConnector};
 use deadpool_lapin::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use deadpool_lapin::lapin::uri::AMQPUri;
+use deadpool_lapin::lapin::uri::{AMQPScheme, AMQPUri};
 use deadpool_lapin::lapin::Confirmation;
 use deadpool_lapin::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use crate::config::{split_list, AmqpConfig};
 use crate::error::{Service, ServiceError};
+use crate::tls::{self, Trust};
 
 /// Who is talking to the broker: shows in the management UI as the
 /// connection name and in every consumer tag.
@@ -150,6 +154,7 @@ impl Nodes {
         start: usize,
     ) -> Result<(Connection, usize), ServiceError> {
         let mut failures = Vec::new();
+        let mut tls_problem = false;
         for k in 0..self.urls.len() {
             let i = (start + k) % self.urls.len();
             match self.connect_node(i, properties(identity, role)).await {
@@ -164,7 +169,10 @@ impl Nodes {
                     }
                     return Ok((conn, i));
                 }
-                Err(why) => failures.push(format!("{} {why}", self.shown(i))),
+                Err(why) => {
+                    tls_problem |= tls::hint(Service::RabbitMq, &why).is_some();
+                    failures.push(format!("{} {}", self.shown(i), tls::explain(Service::RabbitMq, &why)));
+                }
             }
         }
         let what = if self.urls.len() == 1 {
@@ -172,11 +180,16 @@ impl Nodes {
         } else {
             format!("any of the {} RabbitMQ nodes", self.urls.len())
         };
+        let advice = if tls_problem {
+            "Fix the TLS set-up named above (AMQP_URL, SSL_CERT_FILE)."
+        } else {
+            "Is it running? Start it with `rabbitmq-server -detached` (or \
+             `scripts/services.sh`), or point AMQP_URL at it."
+        };
         Err(ServiceError::new(
             Service::RabbitMq,
             format!(
-                "cannot connect to {what}: {}. Is it running? Start it with \
-                 `rabbitmq-server -detached` (or `scripts/services.sh`), or point AMQP_URL at it.",
+                "cannot connect to {what}: {}. {advice}",
                 if failures.is_empty() {
                     "AMQP_URL names no node".to_string()
                 } else {
@@ -204,6 +217,16 @@ impl Nodes {
             .connection_timeout
             .map(Duration::from_millis)
             .unwrap_or(self.connect_timeout);
+        // `amqps://`: TLS with the fleet's trust (platform store plus
+        // SSL_CERT_FILE), over the TCP connection made below.
+        let tls = match uri.scheme {
+            AMQPScheme::AMQPS => Some(RustlsConnector::from(
+                Trust::get()
+                    .map_err(|e| format!("cannot set up TLS: {e}"))?
+                    .client_config(),
+            )),
+            AMQPScheme::AMQP => None,
+        };
         let runtime =
             deadpool_lapin::lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
         // lapin drives the connection from a thread of its own, which a
@@ -216,17 +239,25 @@ impl Nodes {
             uri,
             runtime,
             async move |uri: AMQPUri, runtime| {
-                let stream =
-                    AMQPUriTcpExt::connect_with_config_async(&uri, TLSConfig::default(), &runtime)
-                        .await
-                        .map_err(deadpool_lapin::lapin::Error::from)?;
+                // The TCP connection alone (the scheme decides TLS below).
+                let mut tcp = uri.clone();
+                tcp.scheme = AMQPScheme::AMQP;
+                let stream = AMQPUriTcpExt::connect_async(&tcp, &runtime)
+                    .await
+                    .map_err(deadpool_lapin::lapin::Error::from)?;
                 if let AsyncTcpStream::Plain(plain) = &stream {
                     if let Ok(fd) = plain.get_ref().as_fd().try_clone_to_owned() {
                         // `unwrap`: the lock is never held across a panic.
                         *slot.lock().unwrap() = Some(std::net::TcpStream::from(fd));
                     }
                 }
-                Ok(stream)
+                match &tls {
+                    Some(connector) => stream
+                        .into_rustls(connector, &uri.authority.host)
+                        .await
+                        .map_err(deadpool_lapin::lapin::Error::from),
+                    None => Ok(stream),
+                }
             },
             props,
         );
@@ -235,7 +266,7 @@ impl Nodes {
         let copy = socket.lock().unwrap().take();
         match result {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(format!("failed: {e}")),
+            Ok(Err(e)) => Err(format!("failed: {}", tls::error_chain(&e))),
             Err(_) => {
                 if let Some(s) = copy {
                     let _ = s.shutdown(std::net::Shutdown::Both);

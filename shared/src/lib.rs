@@ -17,6 +17,7 @@ pub mod schema;
 pub mod search;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod window;
 
