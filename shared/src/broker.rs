@@ -171,7 +171,11 @@ impl Nodes {
                 }
                 Err(why) => {
                     tls_problem |= tls::hint(Service::RabbitMq, &why).is_some();
-                    failures.push(format!("{} {}", self.shown(i), tls::explain(Service::RabbitMq, &why)));
+                    failures.push(format!(
+                        "{} {}",
+                        self.shown(i),
+                        tls::explain(Service::RabbitMq, &why)
+                    ));
                 }
             }
         }

@@ -55,7 +55,11 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, ServiceError> {
                 .find(|(k, _)| matches!(&**k, "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
                 .map(|(_, v)| v.into_owned())
         })
-        .or_else(|| std::env::var("PGSSLROOTCERT").ok().filter(|v| !v.is_empty()));
+        .or_else(|| {
+            std::env::var("PGSSLROOTCERT")
+                .ok()
+                .filter(|v| !v.is_empty())
+        });
     if let Some(path) = root_cert {
         let pem = std::fs::read(&path)
             .map_err(|e| bad(&format_args!("cannot read sslrootcert {path}: {e}")))?;
@@ -74,7 +78,10 @@ fn connect_error(url: &str, e: &sqlx::Error, otherwise: &str) -> ServiceError {
     };
     ServiceError::new(
         Service::PostgreSql,
-        format!("cannot connect to PostgreSQL at {}: {why}. {advice}", redact(url)),
+        format!(
+            "cannot connect to PostgreSQL at {}: {why}. {advice}",
+            redact(url)
+        ),
     )
 }
 

@@ -70,17 +70,17 @@ impl Trust {
     /// cannot be read is an error naming the variable and the file.
     pub fn get() -> Result<&'static Trust, String> {
         static TRUST: OnceLock<Result<Trust, String>> = OnceLock::new();
-        TRUST.get_or_init(Trust::load).as_ref().map_err(Clone::clone)
+        TRUST
+            .get_or_init(Trust::load)
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// [`get`](Self::get) for a client of `service`: the error is a
     /// [`ServiceError`] for that service.
     pub fn for_service(service: Service) -> Result<&'static Trust, ServiceError> {
         Self::get().map_err(|e| {
-            ServiceError::new(
-                service,
-                format!("cannot set up TLS for {service}: {e}"),
-            )
+            ServiceError::new(service, format!("cannot set up TLS for {service}: {e}"))
         })
     }
 
@@ -98,13 +98,12 @@ impl Trust {
         let mut store = RootCertStore::empty();
         store.add_parsable_certificates(roots.iter().cloned());
         let count = store.len();
-        let config = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("rustls refuses its default protocol versions: {e}"))?
-        .with_root_certificates(store)
-        .with_no_client_auth();
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("rustls refuses its default protocol versions: {e}"))?
+                .with_root_certificates(store)
+                .with_no_client_auth();
         let bundle = (!extra.is_empty()).then(|| pem_bundle(&roots));
         if let Some(source) = &extra_source {
             tracing::debug!(
@@ -181,7 +180,10 @@ fn extra_cas() -> Result<(Vec<CertificateDer<'static>>, Option<String>), String>
     if let Some(dirs) = std::env::var_os(CERT_DIR_VAR).filter(|v| !v.is_empty()) {
         for dir in std::env::split_paths(&dirs) {
             let entries = std::fs::read_dir(&dir).map_err(|e| {
-                format!("{CERT_DIR_VAR}: cannot read directory {} ({e})", dir.display())
+                format!(
+                    "{CERT_DIR_VAR}: cannot read directory {} ({e})",
+                    dir.display()
+                )
             })?;
             for entry in entries.flatten() {
                 // Files that are no PEM (hash links to the same file, READMEs) add nothing.
@@ -270,25 +272,29 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 pub fn hint(service: Service, error_text: &str) -> Option<String> {
     let t = error_text.to_ascii_lowercase();
     let has = |needles: &[&str]| needles.iter().any(|n| t.contains(n));
-    if has(&["unknownissuer", "unknown issuer", "unknownca", "unknown ca", "badsignature"]) {
+    // rustls words a refused server certificate `invalid peer certificate: <why>`.
+    let certificate = t.contains("certificate");
+    if certificate && has(&["unknownissuer", "unknown issuer", "badsignature"]) {
         let how = match service {
             Service::PostgreSql => {
                 "add sslrootcert=/path/to/ca.pem (with sslmode=verify-full) to DATABASE_URL, \
                  or set SSL_CERT_FILE to the CA bundle"
             }
-            _ => "set SSL_CERT_FILE to the CA bundle that signed the server's certificate \
-                  (it is added to the platform store)",
+            _ => {
+                "set SSL_CERT_FILE to the CA bundle that signed the server's certificate \
+                 (it is added to the platform store)"
+            }
         };
         return Some(format!("certificate not trusted: {how}"));
     }
-    if has(&["notvalidforname", "not valid for name", "certificatenotvalidforname"]) {
+    if certificate && has(&["notvalidforname", "not valid for name"]) {
         return Some(
             "the server's certificate is not valid for this host name: use a name or address \
              its certificate lists (subject alternative names)"
                 .into(),
         );
     }
-    if has(&["expired", "notvalidyet", "not valid yet"]) {
+    if certificate && has(&["expired", "notvalidyet", "not valid yet"]) {
         return Some(
             "the server's certificate has expired or is not valid yet (check it and this \
              machine's clock)"
@@ -303,12 +309,19 @@ pub fn hint(service: Service, error_text: &str) -> Option<String> {
         "invalidmessage",
     ]) {
         let what = match service {
-            Service::RabbitMq => "amqps:// needs the broker's TLS listener (5671 by default); use amqp:// for a plaintext port",
-            Service::Redis => "rediss:// needs redis-server's tls-port; use redis:// for a plaintext port",
+            Service::RabbitMq => {
+                "amqps:// needs the broker's TLS listener (5671 by default); use amqp:// \
+                 for a plaintext port"
+            }
+            Service::Redis => {
+                "rediss:// needs redis-server's tls-port; use redis:// for a plaintext port"
+            }
             Service::PostgreSql => "the server refused TLS",
             _ => "https:// needs a TLS endpoint; use http:// for a plaintext one",
         };
-        return Some(format!("the server does not speak TLS on this port: {what}"));
+        return Some(format!(
+            "the server does not speak TLS on this port: {what}"
+        ));
     }
     None
 }
@@ -332,8 +345,15 @@ mod tests {
             "IO error: invalid peer certificate: UnknownIssuer",
         )
         .unwrap();
-        assert!(h.contains("certificate not trusted") && h.contains("SSL_CERT_FILE"), "{h}");
-        let h = hint(Service::PostgreSql, "invalid peer certificate: UnknownIssuer").unwrap();
+        assert!(
+            h.contains("certificate not trusted") && h.contains("SSL_CERT_FILE"),
+            "{h}"
+        );
+        let h = hint(
+            Service::PostgreSql,
+            "invalid peer certificate: UnknownIssuer",
+        )
+        .unwrap();
         assert!(h.contains("sslrootcert"), "{h}");
     }
 
@@ -344,7 +364,10 @@ mod tests {
             "received corrupt message of type InvalidContentType",
         )
         .unwrap();
-        assert!(h.contains("does not speak TLS") && h.contains("amqp://"), "{h}");
+        assert!(
+            h.contains("does not speak TLS") && h.contains("amqp://"),
+            "{h}"
+        );
         assert_eq!(hint(Service::Redis, "connection refused"), None);
     }
 

@@ -111,8 +111,7 @@ async fn amqps_to_a_plaintext_port_fails_and_never_falls_back_to_plaintext() {
     let url = format!("amqps://guest:guest@127.0.0.1:{SHARED_AMQP_PORT}/%2f");
     let err = broker::connect(url.as_str(), &Identity::new("test"), "tls-test")
         .await
-        .err()
-        .expect("amqps:// to a plaintext port must fail, never talk plaintext");
+        .expect_err("amqps:// to a plaintext port must fail, never talk plaintext");
     assert_says(
         &err.to_string(),
         &["does not speak TLS", "amqps://guest:***@127.0.0.1"],
@@ -149,8 +148,7 @@ async fn each_client_refuses_a_certificate_from_an_unknown_ca_and_says_how_to_tr
     let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", amqps.port);
     let err = broker::connect(url.as_str(), &identity, "tls-test")
         .await
-        .err()
-        .expect("an unknown CA must be refused")
+        .expect_err("an unknown CA must be refused")
         .to_string();
     assert_says(
         &err,
@@ -232,8 +230,7 @@ async fn postgres_verify_full_trusts_sslrootcert_and_refuses_an_unknown_ca() {
     // the system trusts, is not what this cluster serves).
     let err = fleet_shared::db::connect(&format!("{base}?sslmode=verify-full"), 1)
         .await
-        .err()
-        .expect("an unknown CA must be refused")
+        .expect_err("an unknown CA must be refused")
         .to_string();
     assert_says(
         &err,
@@ -355,32 +352,38 @@ async fn the_fleet_runs_over_tls_to_every_service_with_a_private_ca() {
         log_text(&log_path)
     );
 
-    // The servers agree it was TLS: every fleet connection to the node…
-    let conns: Vec<Value> = reqwest::Client::new()
-        .get(format!(
-            "http://127.0.0.1:{}/api/vhosts/{}/connections",
-            node.mgmt_port, env.vhost
-        ))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let fleet_conns: Vec<&Value> = conns
-        .iter()
-        .filter(|c| {
-            let name = c["client_properties"]["connection_name"]
-                .as_str()
-                .unwrap_or("");
-            name.starts_with("fleet-") && !name.starts_with("fleet-test")
-        })
-        .collect();
-    assert!(
-        !fleet_conns.is_empty(),
-        "no fleet connection on the node: {conns:?}"
-    );
+    // The servers agree it was TLS: every fleet connection to the node (the
+    // management API lists connections from its statistics, seconds late)…
+    let http = reqwest::Client::new();
+    let fleet_conns: Vec<Value> = eventually(
+        Duration::from_secs(30),
+        "the fleet's connections in the management API",
+        || async {
+            let conns: Vec<Value> = http
+                .get(format!(
+                    "http://127.0.0.1:{}/api/vhosts/{}/connections",
+                    node.mgmt_port, env.vhost
+                ))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let fleet: Vec<Value> = conns
+                .into_iter()
+                .filter(|c| {
+                    let name = c["client_properties"]["connection_name"]
+                        .as_str()
+                        .unwrap_or("");
+                    name.starts_with("fleet-") && !name.starts_with("fleet-test")
+                })
+                .collect();
+            (!fleet.is_empty()).then_some(fleet)
+        },
+    )
+    .await;
     assert!(
         fleet_conns.iter().all(|c| c["ssl"] == Value::Bool(true)),
         "a fleet connection without TLS: {fleet_conns:?}"
