@@ -89,4 +89,10 @@ fi
 # --- promtool (the tests check every worker's /metrics with it) -------------
 have promtool || apt_install prometheus
 
+# --- TLS test tools -----------------------------------------------------------
+# The TLS tests make a private CA and server certificates (openssl), put TLS
+# in front of plaintext services (socat), and trust the platform store
+# (ca-certificates).
+apt_install openssl socat ca-certificates
+
 log "Services ready: RabbitMQ :5672 (management :15672), PostgreSQL :5432, Redis :6379, osmem-server installed"

@@ -11,6 +11,9 @@
 //! - no connection attempt waits longer than the connect timeout (TCP connect
 //!   and AMQP handshake together), and every connection has the heartbeat
 //!   on: a node that accepts and never answers costs seconds, never forever.
+//! - an `amqps://` node is always dialled with TLS (the fleet's trust,
+//!   [`crate::tls`]), never in plaintext: the TLS handshake is done here,
+//!   not left to a library feature that falls back to a plain socket.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -19,15 +22,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_lapin::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use deadpool_lapin::lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, TLSConfig};
+use deadpool_lapin::lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, RustlsConnector};
 use deadpool_lapin::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use deadpool_lapin::lapin::uri::AMQPUri;
+use deadpool_lapin::lapin::uri::{AMQPScheme, AMQPUri};
 use deadpool_lapin::lapin::Confirmation;
 use deadpool_lapin::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use crate::config::{split_list, AmqpConfig};
 use crate::error::{Service, ServiceError};
+use crate::tls::{self, Trust};
 
 /// Who is talking to the broker: shows in the management UI as the
 /// connection name and in every consumer tag.
@@ -168,10 +172,21 @@ impl Nodes {
                     }
                     return Ok((conn, i));
                 }
-                Err(why) => failures.push(NodeFailure {
-                    text: format!("{} {}", self.shown(i), why.text),
-                    cause: why.cause,
-                }),
+                Err(why) => {
+                    let cause = if tls::hint(Service::RabbitMq, &why.text).is_some() {
+                        ConnectCause::Tls
+                    } else {
+                        why.cause
+                    };
+                    failures.push(NodeFailure {
+                        text: format!(
+                            "{} {}",
+                            self.shown(i),
+                            tls::explain(Service::RabbitMq, &why.text)
+                        ),
+                        cause,
+                    });
+                }
             }
         }
         Err(ServiceError::new(
@@ -207,6 +222,12 @@ impl Nodes {
             .map(|u| u.authority.userinfo.username.clone())
             .unwrap_or_default();
         let any = |c: ConnectCause| failures.iter().any(|f| f.cause == c);
+        if any(ConnectCause::Tls) {
+            return format!(
+                "cannot connect to {what}: {detail}. Fix the TLS set-up named above (AMQP_URL, \
+                 SSL_CERT_FILE)."
+            );
+        }
         if any(ConnectCause::VhostMissing) {
             return format!(
                 "cannot connect to {what}: vhost {vhost:?} does not exist ({detail}). The broker \
@@ -256,6 +277,19 @@ impl Nodes {
             .connection_timeout
             .map(Duration::from_millis)
             .unwrap_or(self.connect_timeout);
+        // `amqps://`: TLS with the fleet's trust (platform store plus
+        // SSL_CERT_FILE), over the TCP connection made below.
+        let tls = match uri.scheme {
+            AMQPScheme::AMQPS => Some(RustlsConnector::from(
+                Trust::get()
+                    .map_err(|e| NodeFailure {
+                        text: format!("cannot set up TLS: {e}"),
+                        cause: ConnectCause::Tls,
+                    })?
+                    .client_config(),
+            )),
+            AMQPScheme::AMQP => None,
+        };
         let runtime =
             deadpool_lapin::lapin::runtime::default_runtime().map_err(|e| NodeFailure {
                 text: e.to_string(),
@@ -271,17 +305,25 @@ impl Nodes {
             uri,
             runtime,
             async move |uri: AMQPUri, runtime| {
-                let stream =
-                    AMQPUriTcpExt::connect_with_config_async(&uri, TLSConfig::default(), &runtime)
-                        .await
-                        .map_err(deadpool_lapin::lapin::Error::from)?;
+                // The TCP connection alone (the scheme decides TLS below).
+                let mut tcp = uri.clone();
+                tcp.scheme = AMQPScheme::AMQP;
+                let stream = AMQPUriTcpExt::connect_async(&tcp, &runtime)
+                    .await
+                    .map_err(deadpool_lapin::lapin::Error::from)?;
                 if let AsyncTcpStream::Plain(plain) = &stream {
                     if let Ok(fd) = plain.get_ref().as_fd().try_clone_to_owned() {
                         // `unwrap`: the lock is never held across a panic.
                         *slot.lock().unwrap() = Some(std::net::TcpStream::from(fd));
                     }
                 }
-                Ok(stream)
+                match &tls {
+                    Some(connector) => stream
+                        .into_rustls(connector, &uri.authority.host)
+                        .await
+                        .map_err(deadpool_lapin::lapin::Error::from),
+                    None => Ok(stream),
+                }
             },
             props,
         );
@@ -292,7 +334,7 @@ impl Nodes {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(NodeFailure {
                 cause: ConnectCause::of(&e),
-                text: format!("failed: {e}"),
+                text: format!("failed: {}", tls::error_chain(&e)),
             }),
             Err(_) => {
                 if let Some(s) = copy {
@@ -328,6 +370,8 @@ pub enum ConnectCause {
     VhostForbidden,
     /// 403 ACCESS_REFUSED at login: user name or password.
     AccessRefused,
+    /// The TLS handshake failed (untrusted CA, host name, plaintext port).
+    Tls,
     Other,
 }
 

@@ -90,7 +90,8 @@ pub struct AmqpConfig {
     /// AMQP URL (`AMQP_URL`); its vhost is the one every worker uses. A
     /// cluster is several node URLs, comma-separated, on the same vhost: a
     /// worker connects to the first that answers and moves on to the next
-    /// when it loses one.
+    /// when it loses one. `amqps://` is always TLS, trusting the platform
+    /// store plus `SSL_CERT_FILE` (`shared/src/tls.rs`).
     pub url: String,
     /// RabbitMQ management API base URL with credentials (`RABBITMQ_MANAGEMENT_URL`),
     /// or several, comma-separated (one per node; the first that answers is
@@ -237,7 +238,10 @@ impl Default for AmqpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL (`DATABASE_URL`).
+    /// PostgreSQL URL (`DATABASE_URL`). TLS: `sslmode=verify-full` checks
+    /// the server's certificate against the platform store plus
+    /// `sslrootcert=/path/ca.pem` (and `SSL_CERT_FILE`); `require` encrypts
+    /// without a check.
     pub url: String,
     /// Pool size per process.
     pub max_connections: u32,
@@ -255,7 +259,8 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// Redis URL (`REDIS_URL`).
+    /// Redis URL (`REDIS_URL`); `rediss://` is TLS, trusting the platform
+    /// store plus `SSL_CERT_FILE`.
     pub url: String,
     /// Prefix of every key the fleet writes, so several fleets (or tests) can share a server.
     pub key_prefix: String,
@@ -287,7 +292,8 @@ pub enum SearchFlavor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SearchConfig {
-    /// Search cluster URL (`SEARCH_URL`).
+    /// Search cluster URL (`SEARCH_URL`); `https://` trusts the platform
+    /// store plus `SSL_CERT_FILE`.
     pub url: String,
     /// Point-in-time dialect of the server.
     pub flavor: SearchFlavor,

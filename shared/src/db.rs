@@ -4,24 +4,76 @@
 //! once, when the last task is done, under a `state <> 'completed'` guard, so
 //! exactly one finisher sees the completion.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use uuid::Uuid;
 
 use crate::broker::redact;
 use crate::error::{Service, ServiceError};
+use crate::tls::{self, Trust};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The connect options of `url`, with the fleet's trust ([`crate::tls`]).
+///
+/// TLS is what the URL's `sslmode` says (sqlx's default is `prefer`:
+/// encrypted when the server offers it, no certificate check). With
+/// `verify-full` the server's certificate is checked against the platform
+/// store plus `sslrootcert=` from the URL (or `PGSSLROOTCERT`); when
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR` add CAs, the roots are given explicitly as
+/// the fleet's bundle (platform plus extra) plus that `sslrootcert`, since
+/// sqlx's own platform store would let `SSL_CERT_FILE` replace the platform
+/// roots. (`verify-ca` is not recommended: with rustls 0.23 sqlx still checks
+/// the host name; shared/CRATES.md.)
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, ServiceError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        ServiceError::new(
+            Service::PostgreSql,
+            format!("bad DATABASE_URL {}: {e}", redact(url)),
+        )
+    };
+    let options = PgConnectOptions::from_str(url).map_err(|e| bad(&e))?;
+    if !matches!(
+        options.get_ssl_mode(),
+        PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    ) {
+        return Ok(options);
+    }
+    let trust = Trust::for_service(Service::PostgreSql)?;
+    let Some(bundle) = trust.bundle_pem() else {
+        return Ok(options);
+    };
+    let mut roots = bundle.to_vec();
+    let root_cert = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| matches!(&**k, "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+                .map(|(_, v)| v.into_owned())
+        })
+        .or_else(|| {
+            std::env::var("PGSSLROOTCERT")
+                .ok()
+                .filter(|v| !v.is_empty())
+        });
+    if let Some(path) = root_cert {
+        let pem = std::fs::read(&path)
+            .map_err(|e| bad(&format_args!("cannot read sslrootcert {path}: {e}")))?;
+        roots.extend_from_slice(&pem);
+    }
+    Ok(options.ssl_root_cert_from_pem(roots))
+}
 
 /// Connects and runs the migrations; the error says how to start PostgreSQL.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ServiceError> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(connect_options(url)?)
         .await
         .map_err(|e| ServiceError::new(Service::PostgreSql, connect_failure(url, &e)))?;
     MIGRATOR.run(&pool).await.map_err(|e| {
@@ -40,7 +92,7 @@ pub async fn connect_existing(url: &str, max_connections: u32) -> Result<PgPool,
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(connect_options(url)?)
         .await
         .map_err(|e| ServiceError::new(Service::PostgreSql, connect_failure(url, &e)))?;
     let present: Option<String> = sqlx::query_scalar("SELECT to_regclass('jobs')::text")
@@ -96,11 +148,17 @@ pub fn connect_failure(url: &str, e: &sqlx::Error) -> String {
              in from here."
         ),
         Some(_) => format!("cannot connect to PostgreSQL at {shown}: {e}."),
-        None => format!(
+        None => {
+            let why = tls::error_chain(e);
+            match tls::hint(Service::PostgreSql, &why) {
+                Some(hint) => format!("cannot connect to PostgreSQL at {shown}: {why}. {hint}."),
+                None => format!(
             "cannot connect to PostgreSQL at {shown}: {e}. Is it running? Start it with \
              `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
              (or `scripts/services.sh`), or point DATABASE_URL at it."
         ),
+            }
+        }
     }
 }
 

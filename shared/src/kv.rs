@@ -8,6 +8,7 @@ use redis::AsyncCommands;
 use crate::broker::redact;
 use crate::config::RedisConfig;
 use crate::error::{Service, ServiceError};
+use crate::tls::{self, Trust};
 
 #[derive(Clone)]
 pub struct Kv {
@@ -17,20 +18,27 @@ pub struct Kv {
 }
 
 impl Kv {
-    /// Connects; the error says how to start Redis.
+    /// Connects (`rediss://`: TLS with the fleet's trust, [`crate::tls`]);
+    /// the error says how to start Redis, or what is wrong with TLS.
     pub async fn connect(cfg: &RedisConfig) -> Result<Self, ServiceError> {
         let hint = |e: redis::RedisError| {
+            let why = tls::error_chain(&e);
+            let advice = match tls::hint(Service::Redis, &why) {
+                Some(h) => format!("{h}."),
+                None => "Is it running? Start it with \
+                     `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"` \
+                     (or `scripts/services.sh`), or point REDIS_URL at it."
+                    .to_string(),
+            };
             ServiceError::new(
                 Service::Redis,
                 format!(
-                    "cannot connect to Redis at {}: {e}. Is it running? Start it with \
-                     `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"` \
-                     (or `scripts/services.sh`), or point REDIS_URL at it.",
+                    "cannot connect to Redis at {}: {why}. {advice}",
                     redact(&cfg.url)
                 ),
             )
         };
-        let client = redis::Client::open(cfg.url.as_str()).map_err(hint)?;
+        let client = Self::client(&cfg.url).map_err(hint)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(3)))
@@ -43,6 +51,33 @@ impl Kv {
             prefix: cfg.key_prefix.clone(),
             idempotency_ttl: cfg.idempotency_ttl,
         })
+    }
+
+    /// The client for `url`. With `rediss://` and extra CAs configured, the
+    /// roots are given explicitly (redis's own CA option *replaces* the
+    /// platform store, so it gets the fleet's whole bundle: platform plus
+    /// extra); otherwise redis reads the platform store itself.
+    fn client(url: &str) -> redis::RedisResult<redis::Client> {
+        if !url.starts_with("rediss://") {
+            return redis::Client::open(url);
+        }
+        let trust = Trust::get().map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cannot set up TLS",
+                e,
+            ))
+        })?;
+        match trust.bundle_pem() {
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+            None => redis::Client::open(url),
+        }
     }
 
     fn key(&self, kind: &str, id: &str) -> String {

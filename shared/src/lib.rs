@@ -18,6 +18,7 @@ pub mod schema;
 pub mod search;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod window;
 

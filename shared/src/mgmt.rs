@@ -23,6 +23,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::error::Service;
+use crate::tls::{self, Trust};
+
 /// How long one management call may take. The API answers in milliseconds
 /// when healthy; a hung node must not hang `status` or a topology plan.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -36,16 +39,19 @@ pub enum MgmtError {
     /// The HTTP client could not be built (TLS set-up).
     #[error("cannot set up the management API client: {0}")]
     Client(#[source] reqwest::Error),
-    /// No answer: connection refused, DNS, timeout.
-    #[error(
-        "cannot reach the RabbitMQ management API at {base} ({what}); enable it with \
-         `rabbitmq-plugins enable rabbitmq_management` or set RABBITMQ_MANAGEMENT_URL"
-    )]
+    /// The trust for an `https://` management URL could not be loaded
+    /// (`SSL_CERT_FILE` unreadable …).
+    #[error("cannot set up TLS for the RabbitMQ management API: {0}")]
+    Tls(String),
+    /// No answer: connection refused, DNS, timeout, a failed TLS handshake.
+    #[error("cannot reach the RabbitMQ management API at {base} ({what}): {reason}. {advice}")]
     Unreachable {
         base: String,
         what: String,
-        #[source]
-        source: reqwest::Error,
+        /// The last node's failure with its causes (the TLS reason included).
+        reason: String,
+        /// What to do: the TLS fix when TLS failed, else how to enable the API.
+        advice: String,
     },
     /// The API answered with an error status.
     #[error("management API {what}: {status}: {body}")]
@@ -288,10 +294,15 @@ impl Management {
                 reason: "no URL".into(),
             });
         }
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .map_err(MgmtError::Client)?;
+        let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
+        if nodes.iter().any(|n| n.base.scheme() == "https") {
+            // The fleet's trust (platform store plus SSL_CERT_FILE), the same
+            // for every client: reqwest's own would let SSL_CERT_FILE replace
+            // the platform store.
+            let trust = Trust::get().map_err(MgmtError::Tls)?;
+            builder = builder.use_preconfigured_tls((*trust.client_config()).clone());
+        }
+        let http = builder.build().map_err(MgmtError::Client)?;
         Ok(Self {
             http,
             nodes,
@@ -470,6 +481,14 @@ impl Management {
                 Err(source) => last_error = Some(source),
             }
         }
+        // `expect`: `new` refuses an empty node list, so the loop ran.
+        let reason = tls::error_chain(&last_error.expect("at least one node was asked"));
+        let advice = match tls::hint(Service::Management, &reason) {
+            Some(h) => h,
+            None => "Enable it with `rabbitmq-plugins enable rabbitmq_management` or set \
+                     RABBITMQ_MANAGEMENT_URL"
+                .into(),
+        };
         Err(MgmtError::Unreachable {
             base: self
                 .nodes
@@ -478,8 +497,8 @@ impl Management {
                 .collect::<Vec<_>>()
                 .join(", "),
             what,
-            // `expect`: `new` refuses an empty node list, so the loop ran.
-            source: last_error.expect("at least one node was asked"),
+            reason,
+            advice,
         })
     }
 

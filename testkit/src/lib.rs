@@ -21,6 +21,7 @@ use fleet_shared::lapin::types::FieldTable;
 mod catalogue;
 mod osmem;
 mod sandbox;
+pub mod tls;
 
 pub use catalogue::{catalogue_spec, expected_ids, CATALOGUE_DOCS, INDICES};
 pub use osmem::{

@@ -20,6 +20,12 @@ pub struct PgCluster {
 impl PgCluster {
     /// Creates and starts a cluster on a free port.
     pub async fn create() -> anyhow::Result<Self> {
+        Self::create_with("").await
+    }
+
+    /// Like [`create`](Self::create), with `conf` (postgresql.conf lines,
+    /// e.g. `ssl = on`) in the cluster's `conf.d` before it starts.
+    pub async fn create_with(conf: &str) -> anyhow::Result<Self> {
         let version = installed_version()?;
         let port = free_port()?;
         let mut pg = PgCluster {
@@ -43,6 +49,12 @@ impl PgCluster {
             "creating the PostgreSQL cluster",
         )
         .await?;
+        if !conf.is_empty() {
+            let dir = format!("/etc/postgresql/{}/{}/conf.d", pg.version, pg.name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(format!("{dir}/fleet.conf"), conf)
+                .with_context(|| format!("writing {dir}/fleet.conf"))?;
+        }
         run_cmd(
             "pg_ctlcluster",
             &[&pg.version, &pg.name, "start"],

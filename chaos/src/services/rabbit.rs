@@ -34,6 +34,10 @@ pub struct RabbitNode {
     pub dir: PathBuf,
     pub amqp_port: u16,
     pub mgmt_port: u16,
+    /// The AMQP TLS listener, when [`enable_tls`](Self::enable_tls) added one.
+    pub amqps_port: Option<u16>,
+    /// The management API's TLS listener, likewise.
+    pub mgmt_tls_port: Option<u16>,
     dist_port: u16,
     /// First of the ports the CLI tools may use for their own distribution.
     ctl_port: u16,
@@ -49,6 +53,8 @@ impl RabbitNode {
             dir: dir.to_path_buf(),
             amqp_port: free_port()?,
             mgmt_port: free_port()?,
+            amqps_port: None,
+            mgmt_tls_port: None,
             dist_port: free_port()?,
             ctl_port: free_port_range(8)?,
             started: false,
@@ -88,6 +94,35 @@ impl RabbitNode {
             std::os::unix::fs::PermissionsExt::from_mode(0o400),
         )?;
         Ok(node)
+    }
+
+    /// Adds TLS listeners for AMQP and the management API to the node's
+    /// configuration (before [`start`](Self::start); the plaintext ones
+    /// stay). `ca`, `cert` and `key` are PEM files the `rabbitmq` user can
+    /// read; clients are not asked for a certificate.
+    pub fn enable_tls(&mut self, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        let (amqps, mgmt) = (free_port()?, free_port()?);
+        let (ca, cert, key) = (ca.display(), cert.display(), key.display());
+        let conf = format!(
+            "listeners.ssl.local = 127.0.0.1:{amqps}\n\
+             ssl_options.cacertfile = {ca}\n\
+             ssl_options.certfile = {cert}\n\
+             ssl_options.keyfile = {key}\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n\
+             management.ssl.ip = 127.0.0.1\n\
+             management.ssl.port = {mgmt}\n\
+             management.ssl.cacertfile = {ca}\n\
+             management.ssl.certfile = {cert}\n\
+             management.ssl.keyfile = {key}\n"
+        );
+        let path = self.dir.join("rabbitmq.conf");
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(&conf);
+        std::fs::write(&path, text)?;
+        self.amqps_port = Some(amqps);
+        self.mgmt_tls_port = Some(mgmt);
+        Ok(())
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f` (guest may log in over loopback).
@@ -164,7 +199,11 @@ impl RabbitNode {
                 .ctl(&["await_startup", "--timeout", "5"], "awaiting the node")
                 .await
                 .is_ok();
-            if ready && port_open(self.amqp_port).await {
+            let tls_ready = match self.amqps_port {
+                Some(port) => port_open(port).await,
+                None => true,
+            };
+            if ready && tls_ready && port_open(self.amqp_port).await {
                 return Ok(t.elapsed());
             }
             if t.elapsed() > START_WAIT {

@@ -14,6 +14,8 @@ use super::{free_port, wait_until};
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
+    /// TLS only (`--port 0 --tls-port`): the CA, certificate and key files.
+    tls: Option<[PathBuf; 3]>,
     child: Option<tokio::process::Child>,
 }
 
@@ -24,31 +26,62 @@ impl RedisServer {
         let mut r = RedisServer {
             port: free_port()?,
             dir: dir.to_path_buf(),
+            tls: None,
             child: None,
         };
         r.spawn().await?;
         Ok(r)
     }
 
+    /// Starts a server that speaks TLS only, on a free port (`rediss://`),
+    /// with the certificate and key given; clients are not asked for one.
+    pub async fn start_tls(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut r = RedisServer {
+            port: free_port()?,
+            dir: dir.to_path_buf(),
+            tls: Some([ca.to_path_buf(), cert.to_path_buf(), key.to_path_buf()]),
+            child: None,
+        };
+        r.spawn().await?;
+        Ok(r)
+    }
+
+    /// `redis://127.0.0.1:<port>/`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Starts the process again (after [`kill`](Self::kill)) on the same port.
     pub async fn spawn(&mut self) -> anyhow::Result<()> {
         let port = self.port.to_string();
         let log = self.dir.join("redis.log");
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = tokio::process::Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some([ca, cert, key]) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -60,7 +93,16 @@ impl RedisServer {
             .spawn()
             .context("starting redis-server (is it installed? scripts/services.sh)")?;
         self.child = Some(child);
-        if !wait_until(Duration::from_secs(20), || ping(self.port)).await {
+        // A TLS server is ready when it listens (PING would need a TLS client).
+        let (tls, port) = (self.tls.is_some(), self.port);
+        let ready = || async move {
+            if tls {
+                super::port_open(port).await
+            } else {
+                ping(port).await
+            }
+        };
+        if !wait_until(Duration::from_secs(20), ready).await {
             bail!(
                 "redis-server on port {} did not answer PING (see {})",
                 self.port,

@@ -20,6 +20,7 @@ use crate::error::{Service, ServiceError};
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
+use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::request::JsonBody;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
@@ -208,11 +209,21 @@ impl Search {
             )
         };
         let url = Url::parse(&cfg.url).map_err(|e| bad(&e))?;
-        let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+        let https = url.scheme() == "https";
+        let mut transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(cfg.timeout)
-            .disable_proxy()
-            .build()
-            .map_err(|e| bad(&e))?;
+            .disable_proxy();
+        if https {
+            // The fleet's trust ([`crate::tls`]): with extra CAs configured,
+            // the platform roots plus them, given explicitly (reqwest's own
+            // platform store would let SSL_CERT_FILE replace the platform's).
+            let trust = crate::tls::Trust::for_service(Service::Search)?;
+            if let Some(pem) = trust.bundle_pem() {
+                let roots = Certificate::from_pem(pem).map_err(|e| bad(&e))?;
+                transport = transport.cert_validation(CertificateValidation::Full(roots));
+            }
+        }
+        let transport = transport.build().map_err(|e| bad(&e))?;
         Ok(Self {
             client: Elasticsearch::new(transport),
             cfg: cfg.clone(),
@@ -241,11 +252,18 @@ impl Search {
     /// Like [`ping`](Self::ping), with start-up advice.
     pub async fn check_startup(&self) -> Result<(), ServiceError> {
         self.ping().await.map_err(|e| {
+            // A TLS failure already carries its fix (see `transport_error`).
+            let advice = match crate::tls::hint(Service::Search, &e.to_string()) {
+                Some(_) => "Fix the TLS set-up named above (SEARCH_URL, SSL_CERT_FILE).",
+                None => {
+                    "Start one with `scripts/services.sh` (osmem-server, development) \
+                     or point SEARCH_URL at Elasticsearch."
+                }
+            };
             ServiceError::new(
                 Service::Search,
                 format!(
-                    "cannot reach the search cluster at {}: {e}. Start one with `scripts/services.sh` \
-                     (osmem-server, development) or point SEARCH_URL at Elasticsearch.",
+                    "cannot reach the search cluster at {}: {e}. {advice}",
                     redact(&self.cfg.url)
                 ),
             )
@@ -342,7 +360,8 @@ impl Search {
     }
 
     fn transport_error(&self, path: &str, e: &elasticsearch::Error) -> SearchError {
-        let mut text = e.to_string();
+        // With its causes: the TLS reason (an untrusted certificate …) is one.
+        let mut text = crate::tls::explain(Service::Search, &crate::tls::error_chain(e));
         if let Ok(url) = Url::parse(&self.cfg.url) {
             if let Some(p) = url.password().filter(|p| !p.is_empty()) {
                 text = text.replace(p, "***");

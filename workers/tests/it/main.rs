@@ -20,4 +20,5 @@ mod producers;
 mod replay;
 mod search;
 mod secrets;
+mod tls;
 mod topology;
