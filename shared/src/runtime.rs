@@ -513,19 +513,12 @@ pub fn record_task(request_id: &str, job_id: &uuid::Uuid, task: i32) {
 /// Runs the handler and takes the delivery down exactly one path.
 async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
     let started = std::time::Instant::now();
-    let max_body = ctx.config.worker.max_body_bytes;
     // A bug that panics in a handler must not strand the delivery unacked
     // until the connection drops: it takes the transient path instead, and
     // is parked once the retry window is over.
-    let result = if msg.body().len() > max_body {
+    let result = if let Err(too_large) = check_body_size(&ctx.config, msg.body()) {
         // Refused before any handler decodes it.
-        Err(HandlerError::permanent(
-            "body_too_large",
-            format!(
-                "the body has {} bytes; at most {max_body} are accepted (worker.max_body_bytes)",
-                msg.body().len()
-            ),
-        ))
+        Err(too_large)
     } else {
         match std::panic::AssertUnwindSafe(handler.handle(&msg))
             .catch_unwind()
@@ -587,6 +580,22 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
         }
     };
     telemetry::message_outcome(worker, &msg.queue, outcome, started.elapsed());
+}
+
+/// A body over `worker.max_body_bytes` is refused before anything decodes
+/// it (`body_too_large`, permanent). `fleet publish` checks the same.
+pub fn check_body_size(config: &Config, body: &[u8]) -> Result<(), HandlerError> {
+    let max_body = config.worker.max_body_bytes;
+    if body.len() > max_body {
+        return Err(HandlerError::permanent(
+            "body_too_large",
+            format!(
+                "the body has {} bytes; at most {max_body} are accepted (worker.max_body_bytes)",
+                body.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The failure path itself could not publish. The first time, the message

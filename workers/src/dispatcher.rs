@@ -109,10 +109,44 @@ pub fn validate(
     })
 }
 
+/// Everything the dispatcher checks of a request body before it does any
+/// work, in the order it checks it: the body's size, its decoding, the
+/// sanity of its time (from `window_start`, an operator's reset replay) and
+/// [`validate`]. `fleet publish` calls this too, so the CLI refuses exactly
+/// what the dispatcher would dead-letter, with the same class and reason.
+pub fn check(
+    config: &Config,
+    body: &[u8],
+    window_start: Option<i64>,
+) -> Result<Validated, HandlerError> {
+    runtime::check_body_size(config, body)?;
+    let request = decode(body)?;
+    check_decoded(config, request, body, window_start)
+}
+
+/// Decodes a request body; a failure is permanent, classed by the decoder.
+fn decode(body: &[u8]) -> Result<InvalidationRequest, HandlerError> {
+    InvalidationRequest::decode(body).map_err(|e| HandlerError::permanent(e.class(), e))
+}
+
+/// [`check`] after decoding.
+fn check_decoded(
+    config: &Config,
+    request: InvalidationRequest,
+    body: &[u8],
+    window_start: Option<i64>,
+) -> Result<Validated, HandlerError> {
+    // Judged from the window start, so a request replayed with a reset
+    // passes with its old time.
+    window::check_now(request.invalidation_time, window_start, &config.retry)
+        .map_err(|e| HandlerError::permanent(window::BAD_TIME, e))?;
+    validate(config, request, body)
+}
+
 impl Handler for Dispatcher {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
-        let request = InvalidationRequest::decode(msg.body())
-            .map_err(|e| HandlerError::permanent(e.class(), e))?;
+        // The body's size was checked by the runtime before this handler.
+        let request = decode(msg.body())?;
         if let Some(id) = request.request_id.as_deref() {
             runtime::record_request(id);
         }
@@ -120,15 +154,7 @@ impl Handler for Dispatcher {
         let window_start = msg
             .header(headers::WINDOW_START)
             .and_then(|t| t.parse::<i64>().ok());
-        // Judged from the window start, so a request replayed with a reset
-        // passes with its old time.
-        window::check_now(
-            request.invalidation_time,
-            window_start,
-            &self.ctx.config.retry,
-        )
-        .map_err(|e| HandlerError::permanent(window::BAD_TIME, e))?;
-        let v = validate(&self.ctx.config, request, msg.body())?;
+        let v = check_decoded(&self.ctx.config, request, msg.body(), window_start)?;
         runtime::record_request(&v.request_id);
         // A retry must keep the request id generated at first sight.
         let tag = |e: HandlerError| match e {

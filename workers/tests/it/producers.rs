@@ -87,3 +87,91 @@ print("declared")
         .await;
     assert_eq!(caught.len(), 1);
 }
+
+/// `fleet publish` with the given arguments in the sandbox: (success, stdout, stderr).
+async fn fleet_publish(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(fleet_bin())
+        .arg("publish")
+        .args(args)
+        .envs(env.env_vars())
+        .output()
+        .await
+        .expect("fleet publish");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_refuses_exactly_what_the_dispatcher_dead_letters_with_the_same_reason() {
+    let env = TestEnv::new().await;
+    let fleet = env.start(&[WorkerKind::Dispatcher]);
+    env.consumed(names::FAST_LANE).await;
+    // What the dispatcher makes of the same requests sent as bodies.
+    let bodies: [&[u8]; 3] = [
+        br#"{"parameterIds": [1], "parameterName": "brand.id", "invalidationType": "price"}"#,
+        br#"{"parameterIds": [1], "parameterName": "price.amount", "invalidationType": "PRICE"}"#,
+        br#"{"parameterIds": [], "parameterName": "id", "invalidationType": "PRICE"}"#,
+    ];
+    for body in bodies {
+        env.publish(names::REQUESTS, "price", body).await;
+    }
+    let dead = env
+        .take(&names::dlq(names::FAST_LANE), 3, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 3);
+    let reason = |body: &[u8]| {
+        let d = dead.iter().find(|d| d.body == body).expect("dead-lettered");
+        (header(d, "x-error-class"), header(d, "x-error-message"))
+    };
+    let cases: [(&[&str], &[u8]); 3] = [
+        (
+            &["--type", "price", "--param", "brand.id", "--ids", "1"],
+            bodies[0],
+        ),
+        (
+            &["--type", "PRICE", "--param", "price.amount", "--ids", "1"],
+            bodies[1],
+        ),
+        (
+            &["--json", std::str::from_utf8(bodies[2]).unwrap()],
+            bodies[2],
+        ),
+    ];
+    for (args, body) in cases {
+        let (ok, stdout, stderr) = fleet_publish(&env, args).await;
+        let (class, message) = reason(body);
+        assert!(!ok, "{args:?} was accepted: {stdout}");
+        assert!(
+            stderr.contains(&format!("{class}: ")) && stderr.contains("nothing was sent"),
+            "{args:?}: {stderr}"
+        );
+        // The same reason, except where it names a derived request id.
+        if class != "invalid_message" {
+            assert!(
+                stderr.contains(&message),
+                "{args:?}: {stderr} lacks {message}"
+            );
+        }
+    }
+    let (_, _, stderr) = fleet_publish(&env, &["--type", "price", "--ids", "1"]).await;
+    assert!(stderr.contains("write --type PRICE"), "{stderr}");
+    // Nothing was sent by the refused commands.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.depth(&names::dlq(names::FAST_LANE)).await, 0);
+    assert_eq!(env.depth(names::UNROUTABLE).await, 0);
+    // What the dispatcher accepts, the CLI sends.
+    let (ok, stdout, stderr) = fleet_publish(
+        &env,
+        &["--type", "PRICE", "--ids", "7", "--index-keys", "trTR"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let (ids, _) = env
+        .collect_ids("productcontent_price_tr_tr", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![7], "{stdout}");
+    fleet.stop().await.unwrap();
+}
