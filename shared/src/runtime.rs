@@ -152,7 +152,13 @@ impl Incoming {
 
     /// Records that the handler parked the message (its `Ok` is not `done`).
     pub fn mark_parked(&self) {
-        let _ = self.outcome.set("parked");
+        self.mark_outcome("parked");
+    }
+
+    /// Records the end the handler's `Ok` stands for when it is not `done`
+    /// (`parked`, `rerouted`): the outcome metrics and logs report.
+    pub fn mark_outcome(&self, outcome: &'static str) {
+        let _ = self.outcome.set(outcome);
     }
 
     pub fn body(&self) -> &[u8] {

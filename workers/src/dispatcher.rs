@@ -16,6 +16,7 @@ use sqlx::PgPool;
 
 use crate::batcher::{Batcher, Origin};
 use crate::job;
+use crate::lanes::{self, Lanes, Verdict};
 
 /// Idempotency scope of processed requests in Redis.
 pub const REQUEST_SCOPE: &str = "request";
@@ -26,6 +27,8 @@ pub struct Dispatcher {
     pub db: PgPool,
     pub kv: Kv,
     pub batcher: Batcher,
+    /// Which lane each request type belongs on (the topology's bindings).
+    pub lanes: Lanes,
 }
 
 /// A request that passed validation, with what the allow-list says of its field.
@@ -154,6 +157,16 @@ impl Handler for Dispatcher {
         let window_start = msg
             .header(headers::WINDOW_START)
             .and_then(|t| t.parse::<i64>().ok());
+        // The lane rule: a request on a lane its type does not belong to
+        // goes to the right one, where it is validated like any other.
+        match self
+            .lanes
+            .on_lane(&msg.queue, request.invalidation_type, lanes::rerouted(msg))
+        {
+            Verdict::Here => {}
+            Verdict::Reroute(key) => return lanes::reroute(&self.ctx, msg, &key).await,
+            Verdict::Refuse(class, why) => return Err(HandlerError::permanent(class, why)),
+        }
         let v = check_decoded(&self.ctx.config, request, msg.body(), window_start)?;
         runtime::record_request(&v.request_id);
         // A retry must keep the request id generated at first sight.
@@ -209,7 +222,7 @@ impl Handler for Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(ctx: Context, search: Search, db: PgPool, kv: Kv) -> Arc<Self> {
+    pub fn new(ctx: Context, search: Search, db: PgPool, kv: Kv, lanes: Lanes) -> Arc<Self> {
         let batcher = Batcher::for_context(&ctx);
         Arc::new(Self {
             ctx,
@@ -217,6 +230,7 @@ impl Dispatcher {
             db,
             kv,
             batcher,
+            lanes,
         })
     }
 

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod dispatcher;
 pub mod ingest;
 pub mod job;
+pub mod lanes;
 pub mod partition;
 pub mod retry;
 pub mod sweeper;
+pub mod unroutable;

@@ -175,3 +175,100 @@ async fn the_cli_refuses_exactly_what_the_dispatcher_dead_letters_with_the_same_
     assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![7], "{stdout}");
     fleet.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_request_on_the_wrong_lane_is_rerouted_once_to_the_lane_of_its_type_and_validated_there()
+{
+    let env = TestEnv::new().await;
+    let fleet = env.start(&[WorkerKind::Dispatcher]);
+    env.consumed(names::FAST_LANE).await;
+    // A BRAND_CATEGORY request published with routing key `price`: the fast
+    // lane's dispatcher hands it to the bulk lane, where it runs.
+    let body = br#"{"requestId": "lane-1", "parameterIds": [5], "parameterName": "id",
+        "invalidationType": "BRAND_CATEGORY", "indexKeys": ["trTR"]}"#;
+    env.publish(names::REQUESTS, "price", body).await;
+    let (ids, batches) = env
+        .collect_ids(
+            "productcontent_brand_category_tr_tr",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![5]);
+    assert_eq!(batches[0].request_id, "lane-1");
+    // Validation is not skipped: a bad one ends in the right lane's
+    // dead-letter queue, saying where it was re-routed from.
+    let bad = br#"{"parameterIds": [5], "parameterName": "price.amount", "invalidationType": "BRAND_CATEGORY"}"#;
+    env.publish(names::REQUESTS, "price", bad).await;
+    let dead = env
+        .take(&names::dlq(names::BULK_LANE), 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, bad);
+    assert_eq!(header(&dead[0], "x-error-class"), "forbidden_field");
+    assert!(
+        header(&dead[0], "x-rerouted-from").contains(names::FAST_LANE),
+        "{:?}",
+        dead[0].headers
+    );
+    assert_eq!(header(&dead[0], "x-original-routing-key"), "brand_category");
+    // Re-routed once and still on the wrong lane (bindings that differ
+    // from the topology file): dead-lettered with the key to use, no loop.
+    let props = fleet_shared::lapin::BasicProperties::default().with_headers(
+        fleet_shared::broker::with_headers(None, &[("x-rerouted-from", "elsewhere".into())]),
+    );
+    env.publish_with(names::REQUESTS, "price", body, props)
+        .await;
+    let dead = env
+        .take(&names::dlq(names::FAST_LANE), 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "x-error-class"), "wrong_lane");
+    assert!(
+        header(&dead[0], "x-error-message").contains("routing key \"brand_category\""),
+        "{:?}",
+        dead[0].headers
+    );
+    assert_eq!(env.depth(names::BULK_LANE).await, 0);
+    fleet.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn routing_keys_in_any_case_reach_their_lane_and_unknown_keys_are_dead_lettered_with_the_keys_to_use(
+) {
+    let env = TestEnv::new().await;
+    let fleet = env.start(&[WorkerKind::Dispatcher]);
+    env.consumed(names::UNROUTABLE).await;
+    // `PRICE`, as in the body: no binding matches, the alternate exchange
+    // takes it, and the dispatcher puts it on the fast lane.
+    let body = br#"{"requestId": "upper-1", "parameterIds": [9], "parameterName": "id",
+        "invalidationType": "PRICE", "indexKeys": ["trTR"]}"#;
+    env.publish(names::REQUESTS, "PRICE", body).await;
+    let (ids, _) = env
+        .collect_ids("productcontent_price_tr_tr", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![9]);
+    // A key in another case with a body that is no request: the lane of the
+    // key in lower case decides (and dead-letters it as malformed there).
+    env.publish(names::REQUESTS, "Stock", b"{not json").await;
+    let dead = env
+        .take(&names::dlq(names::FAST_LANE), 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(header(&dead[0], "x-error-class"), "malformed_json");
+    // A key no lane has in any case, and no type: dead-lettered with the
+    // keys to use, never left in the catch-all silently.
+    env.publish(names::REQUESTS, "refund", b"{not json").await;
+    let dead = env
+        .take(&names::dlq(names::UNROUTABLE), 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "x-error-class"), "unknown_routing_key");
+    let why = header(&dead[0], "x-error-message");
+    assert!(
+        why.contains("\"refund\"") && why.contains("stock, price"),
+        "{why}"
+    );
+    assert_eq!(header(&dead[0], "x-original-routing-key"), "refund");
+    assert_eq!(env.depth(names::UNROUTABLE).await, 0);
+    fleet.stop().await.unwrap();
+}
