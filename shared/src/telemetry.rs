@@ -169,6 +169,14 @@ fn describe() {
         "Search requests of this process running now."
     );
     describe_counter!(
+        "fleet_events_published_total",
+        "request.dead_lettered and request.parked events confirmed on invalidation.events, by event."
+    );
+    describe_counter!(
+        "fleet_events_failed_total",
+        "request.dead_lettered and request.parked events that could not be published (the message itself is safe in its queue), by event."
+    );
+    describe_counter!(
         "fleet_dedup_skipped_total",
         "Requests processed without de-duplication because Redis did not answer."
     );
@@ -251,6 +259,15 @@ pub fn request_id_reused() {
 /// was processed anyway (a redelivery may repeat ids downstream).
 pub fn dedup_skipped() {
     metrics::counter!("fleet_dedup_skipped_total").increment(1);
+}
+
+/// A request event was published (`ok`) or could not be.
+pub fn request_event(event: &'static str, ok: bool) {
+    if ok {
+        metrics::counter!("fleet_events_published_total", "event" => event).increment(1);
+    } else {
+        metrics::counter!("fleet_events_failed_total", "event" => event).increment(1);
+    }
 }
 
 pub fn parked(reason: &'static str) {

@@ -42,6 +42,9 @@ pub mod names {
     pub const PARKED_EXCHANGE: &str = "invalidation.parked";
     pub const DLX: &str = "invalidation.dlx";
     pub const JOB_COMPLETED: &str = "job.completed";
+    /// Events about a request's end (see `message::RequestEvent`).
+    pub const REQUEST_DEAD_LETTERED: &str = "request.dead_lettered";
+    pub const REQUEST_PARKED: &str = "request.parked";
 
     /// The dead-letter queue of `queue`.
     pub fn dlq(queue: &str) -> String {

@@ -117,7 +117,7 @@ pub enum Command {
     Dlq(dlq::DlqCommand),
     /// Print the JSON Schema of a message kind, for producers.
     Schema {
-        /// request, outbound, partition-task, job-completed or source-event.
+        /// request, outbound, partition-task, job-completed, request-event or source-event.
         #[arg(default_value = "request")]
         kind: String,
     },

@@ -272,3 +272,112 @@ async fn routing_keys_in_any_case_reach_their_lane_and_unknown_keys_are_dead_let
     assert_eq!(env.depth(names::UNROUTABLE).await, 0);
     fleet.stop().await.unwrap();
 }
+
+/// The request events in `invalidation.events.log` so far (drains it).
+async fn request_events(env: &TestEnv, min: usize) -> Vec<fleet_shared::message::RequestEvent> {
+    env.take(names::EVENTS_LOG, min, Duration::from_secs(20))
+        .await
+        .iter()
+        .filter(|m| m.routing_key.starts_with("request."))
+        .map(|m| {
+            let e = fleet_shared::message::RequestEvent::decode(&m.body).expect("an event");
+            assert_eq!(e.event, m.routing_key);
+            e
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn dead_lettered_and_parked_requests_are_announced_on_the_events_exchange() {
+    // The in-process workers count into the process's recorder from now on.
+    fleet_shared::telemetry::metrics_handle();
+    let env = TestEnv::with(|c| {
+        c.retry.delay = Duration::from_secs(1);
+        c.retry.window = Duration::from_secs(60);
+    })
+    .await;
+    let fleet = env.start(&[WorkerKind::Dispatcher, WorkerKind::Retry]);
+    env.consumed(names::FAST_LANE).await;
+    env.consumed(names::RETRY_READY).await;
+    let bad = br#"{"requestId": "ev-1", "parameterIds": [1], "parameterName": "price.amount", "invalidationType": "PRICE"}"#;
+    env.publish_with(
+        names::REQUESTS,
+        "price",
+        bad,
+        fleet_shared::lapin::BasicProperties::default().with_message_id("m-ev-1".into()),
+    )
+    .await;
+    let events = request_events(&env, 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.event, "request.dead_lettered");
+    assert_eq!(e.request_id, "ev-1");
+    assert_eq!(e.class, "forbidden_field");
+    assert!(e.message.contains("price.amount"), "{e:?}");
+    assert_eq!(e.queue, names::dlq(names::FAST_LANE));
+    assert_eq!(e.original_queue, names::FAST_LANE);
+    assert_eq!(e.original_exchange.as_deref(), Some(names::REQUESTS));
+    assert_eq!(e.original_routing_key.as_deref(), Some("price"));
+    assert_eq!(e.message_id.as_deref(), Some("m-ev-1"));
+    assert!(e.worker.starts_with("dispatcher@"), "{e:?}");
+    // The dead letter itself: exactly once.
+    let dead = env
+        .take(&names::dlq(names::FAST_LANE), 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, bad);
+
+    // A request too old to retry is parked, and that is announced too.
+    let old_time = fleet_shared::message::now_millis() - 3 * 3600 * 1000;
+    let old = format!(
+        r#"{{"requestId":"ev-2","parameterIds":[2],"parameterName":"id","invalidationType":"STOCK","invalidationTime":{old_time}}}"#
+    );
+    let origin = fleet_shared::broker::with_headers(
+        None,
+        &[
+            ("x-original-exchange", names::REQUESTS.into()),
+            ("x-original-routing-key", "stock".into()),
+            ("x-retry-attempts", 3i64.into()),
+        ],
+    );
+    env.publish_with(
+        names::RETRY_EXCHANGE,
+        names::RETRY_DELAY_KEY,
+        old.as_bytes(),
+        fleet_shared::lapin::BasicProperties::default().with_headers(origin),
+    )
+    .await;
+    let events = request_events(&env, 1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.event, "request.parked");
+    assert_eq!(e.request_id, "ev-2");
+    assert_eq!(e.class, "retry_window_exceeded");
+    assert!(e.message.starts_with("retry_window_exceeded: "), "{e:?}");
+    assert_eq!(e.queue, names::PARKED);
+    assert_eq!(e.original_queue, names::RETRY_READY);
+    assert_eq!(e.original_routing_key.as_deref(), Some("stock"));
+    assert_eq!(env.depth(names::PARKED).await, 1);
+
+    // An event that cannot be published (its exchange is gone) costs the
+    // event, never the dead letter, and the worker carries on.
+    let ch = env.shared_channel().await;
+    ch.exchange_delete(names::EVENTS.into(), Default::default())
+        .await
+        .unwrap();
+    let bad2 = br#"{"requestId": "ev-3", "parameterIds": [], "parameterName": "id", "invalidationType": "PRICE"}"#;
+    env.publish(names::REQUESTS, "price", bad2).await;
+    env.publish(names::REQUESTS, "price", bad).await;
+    let dead = env
+        .take(&names::dlq(names::FAST_LANE), 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(dead.len(), 2, "each dead-lettered exactly once");
+    assert_eq!(dead[0].body, bad2);
+    assert_eq!(header(&dead[0], "x-error-class"), "empty_ids");
+    let metrics = fleet_shared::telemetry::metrics_handle().render();
+    assert!(
+        metrics.contains("fleet_events_failed_total{event=\"request.dead_lettered\"}"),
+        "{metrics}"
+    );
+    fleet.stop().await.unwrap();
+}
