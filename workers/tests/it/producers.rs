@@ -381,3 +381,144 @@ async fn dead_lettered_and_parked_requests_are_announced_on_the_events_exchange(
     );
     fleet.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn requests_show_tells_what_became_of_a_request_without_changing_anything() {
+    let env = TestEnv::with_catalogue(|c| {
+        c.retry.delay = Duration::from_secs(1);
+        c.retry.window = Duration::from_secs(60);
+    })
+    .await;
+    let fleet = env.start(&[WorkerKind::Dispatcher, WorkerKind::Retry]);
+    env.consumed(names::FAST_LANE).await;
+    env.consumed(names::RETRY_READY).await;
+    // Done: a searching request, resolved in place.
+    let done = br#"{"requestId": "rq-done", "parameterIds": [40], "parameterName": "brand.id",
+        "invalidationType": "PRICE", "indexKeys": ["trTR"]}"#;
+    env.publish(names::REQUESTS, "price", done).await;
+    let expected = expected_ids(|d| d.brand.id == 40);
+    env.collect_ids(
+        "productcontent_price_tr_tr",
+        expected.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    // Dead-lettered.
+    let bad = br#"{"requestId": "rq-dead", "parameterIds": [1], "parameterName": "price.amount", "invalidationType": "PRICE"}"#;
+    env.publish(names::REQUESTS, "price", bad).await;
+    // Parked: too old to retry.
+    let old_time = fleet_shared::message::now_millis() - 3 * 3600 * 1000;
+    let old = format!(
+        r#"{{"requestId":"rq-park","parameterIds":[2],"parameterName":"id","invalidationType":"STOCK","invalidationTime":{old_time}}}"#
+    );
+    let origin = fleet_shared::broker::with_headers(
+        None,
+        &[
+            ("x-original-exchange", names::REQUESTS.into()),
+            ("x-original-routing-key", "stock".into()),
+        ],
+    );
+    env.publish_with(
+        names::RETRY_EXCHANGE,
+        names::RETRY_DELAY_KEY,
+        old.as_bytes(),
+        fleet_shared::lapin::BasicProperties::default().with_headers(origin),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the dead letter and the park",
+        || async {
+            (env.depth(&names::dlq(names::FAST_LANE)).await == 1
+                && env.depth(names::PARKED).await == 1
+                && env.depth(names::EVENTS_LOG).await == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    // Split: a job of its own (seeded as the dispatcher records it).
+    let pool = env.db().await;
+    let request = serde_json::json!({"requestId": "rq-split", "parameterIds": [3],
+        "parameterName": "brand.id", "invalidationType": "ASSORTMENT", "indexKeys": ["trTR"]});
+    let job_id = fleet_workers::job::id_of(
+        &serde_json::from_value(request.clone()).unwrap(),
+        fleet_shared::message::IndexKey::TrTr,
+    );
+    fleet_shared::db::create_job(
+        &pool,
+        &fleet_shared::db::NewJob {
+            id: job_id,
+            request_id: "rq-split".into(),
+            invalidation_type: "ASSORTMENT".into(),
+            index_key: "trTR".into(),
+            parameter_name: "brand.id".into(),
+            request,
+            total_hits: 0,
+        },
+        &[fleet_shared::db::NewTask {
+            from: None,
+            to: None,
+            expected_hits: 0,
+        }],
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    fleet.stop().await.unwrap();
+
+    let show = |id: &'static str| {
+        let vars = env.env_vars();
+        async move {
+            let out = tokio::process::Command::new(fleet_bin())
+                .args(["requests", "show", id])
+                .envs(vars)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    let (ok, out) = show("rq-done").await;
+    assert!(ok, "{out}");
+    assert!(out.contains("done, content digest"), "{out}");
+    assert!(out.contains("not in any"), "{out}");
+    let (ok, out) = show("rq-dead").await;
+    assert!(ok, "{out}");
+    let dlq = names::dlq(names::FAST_LANE);
+    assert!(
+        out.contains(&format!("in {dlq} (message #1): forbidden_field")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "event request.dead_lettered: forbidden_field in {dlq}"
+        )),
+        "{out}"
+    );
+    let (ok, out) = show("rq-park").await;
+    assert!(ok, "{out}");
+    assert!(out.contains("parked_messages row"), "{out}");
+    assert!(
+        out.contains("in invalidation.parked (message #1): retry_window_exceeded"),
+        "{out}"
+    );
+    assert!(out.contains("event request.parked"), "{out}");
+    let (ok, out) = show("rq-split").await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "job {job_id} (ASSORTMENT on trTR): running, 0/1 tasks done"
+        )),
+        "{out}"
+    );
+    let (ok, out) = show("rq-never").await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("Nothing is known of this request"), "{out}");
+    // Nothing was taken off any queue.
+    assert_eq!(env.depth(&dlq).await, 1);
+    assert_eq!(env.depth(names::PARKED).await, 1);
+    assert_eq!(env.depth(names::EVENTS_LOG).await, 2);
+}
