@@ -229,7 +229,11 @@ pub struct InvalidationRequest {
     /// Idempotency key; generated at first sight when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// Content ids when `parameterName` is `id`, otherwise ids of `parameterName`.
+    /// Content ids when `parameterName` is `id`, otherwise ids of
+    /// `parameterName`: 1 to `dispatcher.max_ids` (10,000 by default) of
+    /// them; outside that the request is dead-lettered (`empty_ids`,
+    /// `too_many_ids`).
+    #[schemars(length(min = 1, max = 10000))]
     pub parameter_ids: Vec<i64>,
     /// The index field the ids belong to; must be on the allow-list.
     pub parameter_name: String,

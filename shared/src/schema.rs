@@ -50,5 +50,12 @@ mod tests {
         let required = request["required"].as_array().unwrap();
         assert!(required.iter().any(|v| v == "parameterIds"));
         assert!(!required.iter().any(|v| v == "requestId"));
+        // The bounds the dispatcher enforces by default (`empty_ids`, `too_many_ids`).
+        let ids = &request["properties"]["parameterIds"];
+        assert_eq!(ids["minItems"], 1);
+        assert_eq!(
+            ids["maxItems"],
+            crate::config::Config::default().dispatcher.max_ids
+        );
     }
 }
