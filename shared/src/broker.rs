@@ -788,6 +788,9 @@ pub mod headers {
     pub const ATTEMPTS: &str = "x-retry-attempts";
     pub const FIRST_FAILURE: &str = "x-first-failure-time";
     pub const PARK_REASON: &str = "x-park-reason";
+    /// Where the fleet re-routed a request from (the lane rule): a message
+    /// carrying it is never re-routed again.
+    pub const REROUTED_FROM: &str = "x-rerouted-from";
     pub const REPLAYED_AT: &str = "x-replayed-at";
     pub const REPLAY_COUNT: &str = "x-replay-count";
     /// Milliseconds since the epoch from which the retry window counts when

@@ -614,6 +614,26 @@ pub async fn parked(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<ParkedRow>> {
     .await
 }
 
+/// The parked rows of one request: those whose body names `request_id`,
+/// or, for an id the dispatcher derived from a body (`auto-…`, not in any
+/// body), the newest `limit` rows for the caller to match by body.
+pub async fn parked_of_request(
+    pool: &PgPool,
+    request_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<ParkedRow>> {
+    sqlx::query_as(
+        "SELECT id, reason, original_exchange, original_routing_key, attempts, body, parked_at
+         FROM parked_messages WHERE $1 LIKE 'auto-%' OR position($2::bytea IN body) > 0
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(request_id)
+    .bind(request_id.as_bytes())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// One operator replay.
 #[derive(Debug, Clone)]
 pub struct Replay {

@@ -229,7 +229,11 @@ pub struct InvalidationRequest {
     /// Idempotency key; generated at first sight when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// Content ids when `parameterName` is `id`, otherwise ids of `parameterName`.
+    /// Content ids when `parameterName` is `id`, otherwise ids of
+    /// `parameterName`: 1 to `dispatcher.max_ids` (10,000 by default) of
+    /// them; outside that the request is dead-lettered (`empty_ids`,
+    /// `too_many_ids`).
+    #[schemars(length(min = 1, max = 10000))]
     pub parameter_ids: Vec<i64>,
     /// The index field the ids belong to; must be on the allow-list.
     pub parameter_name: String,
@@ -392,6 +396,75 @@ pub struct JobCompleted {
     /// Milliseconds since the epoch.
     pub created_at: i64,
     pub completed_at: i64,
+}
+
+/// A request's end that its producer must hear of: published on
+/// `invalidation.events` with routing key `request.dead_lettered` or
+/// `request.parked` once the dead letter or parked copy is confirmed (and
+/// the delivery acked). Best effort: a failed publish is logged and counted
+/// (`fleet_events_failed_total`), never fatal to the message, which is safe
+/// in its queue either way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "RequestEvent", extend("additionalProperties" = true))]
+pub struct RequestEvent {
+    #[serde(default = "version_one")]
+    pub v: u32,
+    /// `request.dead_lettered` or `request.parked` (also the routing key).
+    pub event: String,
+    /// The body's `requestId`; for a body without one, the id the
+    /// dispatcher derives from it (`auto-<digest of the body>`).
+    pub request_id: String,
+    /// The error class (`forbidden_field`, …) or park reason
+    /// (`retry_window_exceeded`, `max_attempts_reached`).
+    pub class: String,
+    /// What went wrong, in words (the `x-error-message` or park reason).
+    pub message: String,
+    /// Where the message is now: `<queue>.dlq` or `invalidation.parked`.
+    pub queue: String,
+    /// The queue it failed on.
+    pub original_queue: String,
+    /// Where it was published: replay sends it back there.
+    #[serde(default)]
+    pub original_exchange: Option<String>,
+    #[serde(default)]
+    pub original_routing_key: Option<String>,
+    /// The AMQP `message_id` the producer gave it, if any.
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// The worker that dead-lettered or parked it (`dispatcher@host`).
+    pub worker: String,
+    /// Milliseconds since the epoch.
+    pub time: i64,
+}
+
+impl RequestEvent {
+    pub const DEAD_LETTERED: &'static str = "request.dead_lettered";
+    pub const PARKED: &'static str = "request.parked";
+
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        decode("request event", body)
+    }
+
+    /// The request id of a failed message's body: its `requestId`, or the
+    /// one the dispatcher derives for a request without one.
+    pub fn request_id_of(body: &[u8]) -> String {
+        #[derive(Deserialize)]
+        struct Id {
+            #[serde(rename = "requestId")]
+            request_id: Option<String>,
+        }
+        serde_json::from_slice::<Id>(body)
+            .ok()
+            .and_then(|b| b.request_id)
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| derived_request_id(body))
+    }
+
+    /// The event's AMQP message id, for consumers that de-duplicate.
+    pub fn event_id(&self) -> String {
+        format!("{}/{}/{}", self.event, self.request_id, self.time)
+    }
 }
 
 /// Milliseconds since the epoch, now.

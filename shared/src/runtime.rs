@@ -42,7 +42,7 @@ use crate::broker::{
     Outgoing, PublishError, Publisher,
 };
 use crate::config::Config;
-use crate::message::now_millis;
+use crate::message::{now_millis, RequestEvent};
 use crate::telemetry;
 use crate::topology::names;
 
@@ -142,6 +142,8 @@ pub struct Incoming {
     /// An end other than `done` that the handler reached itself (the retry
     /// handler parks): the outcome the metrics and logs report.
     outcome: std::sync::OnceLock<&'static str>,
+    /// An event to publish once the delivery is acked (a park).
+    event: std::sync::OnceLock<RequestEvent>,
 }
 
 impl Incoming {
@@ -150,12 +152,58 @@ impl Incoming {
             queue: queue.into(),
             delivery,
             outcome: std::sync::OnceLock::new(),
+            event: std::sync::OnceLock::new(),
         }
     }
 
     /// Records that the handler parked the message (its `Ok` is not `done`).
     pub fn mark_parked(&self) {
-        let _ = self.outcome.set("parked");
+        self.mark_outcome("parked");
+    }
+
+    /// Records the end the handler's `Ok` stands for when it is not `done`
+    /// (`parked`, `rerouted`): the outcome metrics and logs report.
+    pub fn mark_outcome(&self, outcome: &'static str) {
+        let _ = self.outcome.set(outcome);
+    }
+
+    /// Publishes `event` on `invalidation.events` after the delivery is
+    /// acked, i.e. after the handler's outputs (the parked copy) were
+    /// confirmed. A failed publish is logged and counted, never fatal.
+    pub fn announce_after_ack(&self, event: RequestEvent) {
+        let _ = self.event.set(event);
+    }
+
+    /// The event of this message's end: where it is now, why, and where it
+    /// came from.
+    pub fn request_event(
+        &self,
+        ctx: &Context,
+        event: &'static str,
+        class: &str,
+        message: &str,
+        queue: &str,
+        origin: (Option<String>, Option<String>),
+    ) -> RequestEvent {
+        RequestEvent {
+            v: crate::message::CURRENT_VERSION,
+            event: event.into(),
+            request_id: RequestEvent::request_id_of(self.body()),
+            class: class.into(),
+            message: message.into(),
+            queue: queue.into(),
+            original_queue: self.queue.clone(),
+            original_exchange: origin.0,
+            original_routing_key: origin.1,
+            message_id: self
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string()),
+            worker: ctx.identity.label(),
+            time: now_millis(),
+        }
     }
 
     pub fn body(&self) -> &[u8] {
@@ -557,19 +605,12 @@ pub fn record_task(request_id: &str, job_id: &uuid::Uuid, task: i32) {
 /// Runs the handler and takes the delivery down exactly one path.
 async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
     let started = std::time::Instant::now();
-    let max_body = ctx.config.worker.max_body_bytes;
     // A bug that panics in a handler must not strand the delivery unacked
     // until the connection drops: it takes the transient path instead, and
     // is parked once the retry window is over.
-    let result = if msg.body().len() > max_body {
+    let result = if let Err(too_large) = check_body_size(&ctx.config, msg.body()) {
         // Refused before any handler decodes it.
-        Err(HandlerError::permanent(
-            "body_too_large",
-            format!(
-                "the body has {} bytes; at most {max_body} are accepted (worker.max_body_bytes)",
-                msg.body().len()
-            ),
-        ))
+        Err(too_large)
     } else {
         match std::panic::AssertUnwindSafe(handler.handle(&msg))
             .catch_unwind()
@@ -597,13 +638,31 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
     let outcome = match result {
         Ok(()) => {
             ack.ack().await;
+            if let Some(event) = msg.event.get() {
+                publish_event(ctx, event).await;
+            }
             msg.outcome.get().copied().unwrap_or("done")
         }
         Err(HandlerError::Permanent { class, message }) => {
             tracing::warn!(worker, queue = %msg.queue, error_class = %class, error = %message, "Message failed permanently; dead-lettering it.");
-            match dead_letter(ctx, &msg, class, &message).await {
-                Ok(()) => {
+            match dead_letter_copy(ctx, &msg, class, &message).await {
+                Ok(table) => {
                     ack.ack().await;
+                    // After the dead letter is confirmed and the delivery
+                    // acked: the event can neither lose nor repeat it.
+                    let origin = (
+                        header_text(Some(&table), headers::ORIGINAL_EXCHANGE),
+                        header_text(Some(&table), headers::ORIGINAL_ROUTING_KEY),
+                    );
+                    let event = msg.request_event(
+                        ctx,
+                        RequestEvent::DEAD_LETTERED,
+                        class,
+                        &message,
+                        &names::dlq(&msg.queue),
+                        origin,
+                    );
+                    publish_event(ctx, &event).await;
                     "dead_lettered"
                 }
                 Err(error) => {
@@ -631,6 +690,22 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
         }
     };
     telemetry::message_outcome(worker, &msg.queue, outcome, started.elapsed());
+}
+
+/// A body over `worker.max_body_bytes` is refused before anything decodes
+/// it (`body_too_large`, permanent). `fleet publish` checks the same.
+pub fn check_body_size(config: &Config, body: &[u8]) -> Result<(), HandlerError> {
+    let max_body = config.worker.max_body_bytes;
+    if body.len() > max_body {
+        return Err(HandlerError::permanent(
+            "body_too_large",
+            format!(
+                "the body has {} bytes; at most {max_body} are accepted (worker.max_body_bytes)",
+                body.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The failure path itself could not publish. The first time, the message
@@ -838,8 +913,22 @@ pub async fn dead_letter(
     class: &str,
     message: &str,
 ) -> Result<(), PublishError> {
+    dead_letter_copy(ctx, msg, class, message).await.map(|_| ())
+}
+
+/// [`dead_letter`], returning the headers the confirmed copy carries.
+async fn dead_letter_copy(
+    ctx: &Context,
+    msg: &Incoming,
+    class: &str,
+    message: &str,
+) -> Result<FieldTable, PublishError> {
     let table = failure_headers(ctx, msg, class, message, None);
-    let props = copy_properties(&msg.delivery.properties, table, fleet_user(ctx).as_deref());
+    let props = copy_properties(
+        &msg.delivery.properties,
+        table.clone(),
+        fleet_user(ctx).as_deref(),
+    );
     ctx.publisher
         .publish(Outgoing {
             exchange: names::DLX,
@@ -848,7 +937,34 @@ pub async fn dead_letter(
             properties: props,
             mandatory: true,
         })
-        .await
+        .await?;
+    Ok(table)
+}
+
+/// Publishes a request event on `invalidation.events` (routing key = its
+/// `event`), with a confirm. Called only after the message's own copy was
+/// confirmed and its delivery acked, so the event can neither lose nor
+/// duplicate the message; a failure is logged and counted, never fatal.
+pub async fn publish_event(ctx: &Context, event: &RequestEvent) {
+    let name: &'static str = if event.event == RequestEvent::PARKED {
+        RequestEvent::PARKED
+    } else {
+        RequestEvent::DEAD_LETTERED
+    };
+    // `unwrap`: a struct of strings and numbers always serialises.
+    let body = serde_json::to_vec(event).unwrap();
+    let mut out = Outgoing::json(names::EVENTS, name, &body);
+    out.properties = out
+        .properties
+        .with_message_id(event.event_id().into())
+        .with_timestamp(u64::try_from(event.time / 1000).unwrap_or(0));
+    match ctx.publisher.publish(out).await {
+        Ok(()) => telemetry::request_event(name, true),
+        Err(error) => {
+            telemetry::request_event(name, false);
+            tracing::warn!(%error, event = name, request_id = %event.request_id, "Could not publish the request's event; the message itself is in its queue.");
+        }
+    }
 }
 
 /// Transient failure: to the retry delay queue with `invalidationTime` set if

@@ -4,7 +4,9 @@
 
 use serde_json::Value;
 
-use crate::message::{InvalidationRequest, JobCompleted, OutboundBatch, PartitionTask};
+use crate::message::{
+    InvalidationRequest, JobCompleted, OutboundBatch, PartitionTask, RequestEvent,
+};
 use crate::source::SourceEvent;
 
 /// The JSON Schema of every message kind, by name.
@@ -15,6 +17,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("outbound", s(schemars::schema_for!(OutboundBatch))),
         ("partition-task", s(schemars::schema_for!(PartitionTask))),
         ("job-completed", s(schemars::schema_for!(JobCompleted))),
+        ("request-event", s(schemars::schema_for!(RequestEvent))),
         ("source-event", s(schemars::schema_for!(SourceEvent))),
     ]
 }
@@ -47,5 +50,12 @@ mod tests {
         let required = request["required"].as_array().unwrap();
         assert!(required.iter().any(|v| v == "parameterIds"));
         assert!(!required.iter().any(|v| v == "requestId"));
+        // The bounds the dispatcher enforces by default (`empty_ids`, `too_many_ids`).
+        let ids = &request["properties"]["parameterIds"];
+        assert_eq!(ids["minItems"], 1);
+        assert_eq!(
+            ids["maxItems"],
+            crate::config::Config::default().dispatcher.max_ids
+        );
     }
 }

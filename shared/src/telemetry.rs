@@ -92,86 +92,168 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
-/// `# HELP` and units for every metric the fleet emits (promtool requires
-/// them; operators read them in Grafana's metric browser).
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric the fleet exports: its name, kind and `# HELP` text.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    /// Measured in seconds (the unit shown beside the help).
+    pub seconds: bool,
+    pub help: &'static str,
+}
+
+/// Every metric a worker exports, with its `# HELP`: the one list the
+/// recorder describes, the README's Monitoring section documents and the
+/// docs test compares with both the README and the code's call sites.
+pub const METRICS: &[Metric] = &[
+    Metric {
+        name: "fleet_messages_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Messages that reached their end, by worker, queue and outcome (done, retried, parked, dead_lettered, returned, rejected).",
+    },
+    Metric {
+        name: "fleet_message_handling_seconds",
+        kind: MetricKind::Histogram,
+        seconds: true,
+        help: "Time from delivery to the message's end, by worker and outcome.",
+    },
+    Metric {
+        name: "fleet_content_ids_published_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Content ids confirmed on an outbound queue, by worker and invalidation type.",
+    },
+    Metric {
+        name: "fleet_outbound_batches_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Outbound messages (batches of content ids) confirmed, by worker.",
+    },
+    Metric {
+        name: "fleet_search_latency_seconds",
+        kind: MetricKind::Histogram,
+        seconds: true,
+        help: "Latency of search requests, by operation and whether they succeeded.",
+    },
+    Metric {
+        name: "fleet_partition_hits",
+        kind: MetricKind::Histogram,
+        seconds: false,
+        help: "Documents one finished partition task streamed.",
+    },
+    Metric {
+        name: "fleet_partition_tasks_done_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Partition tasks finished by this process.",
+    },
+    Metric {
+        name: "fleet_jobs_completed_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Split jobs completed (all their tasks done) and announced.",
+    },
+    Metric {
+        name: "fleet_job_duration_seconds",
+        kind: MetricKind::Histogram,
+        seconds: true,
+        help: "Time from a split job's creation to its completion.",
+    },
+    Metric {
+        name: "fleet_jobs_created_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Split jobs created.",
+    },
+    Metric {
+        name: "fleet_partition_tasks_created_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Partition tasks created by splits.",
+    },
+    Metric {
+        name: "fleet_parked_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Messages parked by the retry handler, by reason.",
+    },
+    Metric {
+        name: "fleet_request_id_reused_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Requests whose requestId an earlier, different request used; each was processed as its own request.",
+    },
+    Metric {
+        name: "fleet_hits_without_id_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Search hits without a usable `id`: counted, never published, by worker.",
+    },
+    Metric {
+        name: "fleet_search_errors_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Failed search calls, by operation and class (search_unavailable, search_overloaded, partial_results, …).",
+    },
+    Metric {
+        name: "fleet_search_backoffs_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Search calls retried in place after the cluster pushed back, by operation and class.",
+    },
+    Metric {
+        name: "fleet_search_concurrency_limit",
+        kind: MetricKind::Gauge,
+        seconds: false,
+        help: "The adaptive bound on concurrent search requests of this process.",
+    },
+    Metric {
+        name: "fleet_search_in_flight",
+        kind: MetricKind::Gauge,
+        seconds: false,
+        help: "Search requests of this process running now.",
+    },
+    Metric {
+        name: "fleet_events_published_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "request.dead_lettered and request.parked events confirmed on invalidation.events, by event.",
+    },
+    Metric {
+        name: "fleet_events_failed_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "request.dead_lettered and request.parked events that could not be published (the message itself is safe in its queue), by event.",
+    },
+    Metric {
+        name: "fleet_dedup_skipped_total",
+        kind: MetricKind::Counter,
+        seconds: false,
+        help: "Requests processed without de-duplication because Redis did not answer.",
+    },
+];
+
+/// `# HELP` and units for every metric (promtool requires them; operators
+/// read them in Grafana's metric browser).
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "fleet_messages_total",
-        "Messages that reached their end, by worker, queue and outcome (done, retried, parked, dead_lettered, returned, rejected)."
-    );
-    describe_histogram!(
-        "fleet_message_handling_seconds",
-        Unit::Seconds,
-        "Time from delivery to the message's end, by worker and outcome."
-    );
-    describe_counter!(
-        "fleet_content_ids_published_total",
-        "Content ids confirmed on an outbound queue, by worker and invalidation type."
-    );
-    describe_counter!(
-        "fleet_outbound_batches_total",
-        "Outbound messages (batches of content ids) confirmed, by worker."
-    );
-    describe_histogram!(
-        "fleet_search_latency_seconds",
-        Unit::Seconds,
-        "Latency of search requests, by operation and whether they succeeded."
-    );
-    describe_histogram!(
-        "fleet_partition_hits",
-        "Documents one finished partition task streamed."
-    );
-    describe_counter!(
-        "fleet_partition_tasks_done_total",
-        "Partition tasks finished by this process."
-    );
-    describe_counter!(
-        "fleet_jobs_completed_total",
-        "Split jobs completed (all their tasks done) and announced."
-    );
-    describe_histogram!(
-        "fleet_job_duration_seconds",
-        Unit::Seconds,
-        "Time from a split job's creation to its completion."
-    );
-    describe_counter!("fleet_jobs_created_total", "Split jobs created.");
-    describe_counter!(
-        "fleet_partition_tasks_created_total",
-        "Partition tasks created by splits."
-    );
-    describe_counter!(
-        "fleet_parked_total",
-        "Messages parked by the retry handler, by reason."
-    );
-    describe_counter!(
-        "fleet_request_id_reused_total",
-        "Requests whose requestId an earlier, different request used; each was processed as its own request."
-    );
-    describe_counter!(
-        "fleet_hits_without_id_total",
-        "Search hits without a usable `id`: counted, never published, by worker."
-    );
-    describe_counter!(
-        "fleet_search_errors_total",
-        "Failed search calls, by operation and class (search_unavailable, search_overloaded, partial_results, …)."
-    );
-    describe_counter!(
-        "fleet_search_backoffs_total",
-        "Search calls retried in place after the cluster pushed back, by operation and class."
-    );
-    describe_gauge!(
-        "fleet_search_concurrency_limit",
-        "The adaptive bound on concurrent search requests of this process."
-    );
-    describe_gauge!(
-        "fleet_search_in_flight",
-        "Search requests of this process running now."
-    );
-    describe_counter!(
-        "fleet_dedup_skipped_total",
-        "Requests processed without de-duplication because Redis did not answer."
-    );
+    for m in METRICS {
+        match (m.kind, m.seconds) {
+            (MetricKind::Counter, _) => describe_counter!(m.name, m.help),
+            (MetricKind::Gauge, _) => describe_gauge!(m.name, m.help),
+            (MetricKind::Histogram, true) => describe_histogram!(m.name, Unit::Seconds, m.help),
+            (MetricKind::Histogram, false) => describe_histogram!(m.name, m.help),
+        }
+    }
 }
 
 /// One message reached its end: done, retried, parked, dead_lettered, returned.
@@ -251,6 +333,15 @@ pub fn request_id_reused() {
 /// was processed anyway (a redelivery may repeat ids downstream).
 pub fn dedup_skipped() {
     metrics::counter!("fleet_dedup_skipped_total").increment(1);
+}
+
+/// A request event was published (`ok`) or could not be.
+pub fn request_event(event: &'static str, ok: bool) {
+    if ok {
+        metrics::counter!("fleet_events_published_total", "event" => event).increment(1);
+    } else {
+        metrics::counter!("fleet_events_failed_total", "event" => event).increment(1);
+    }
 }
 
 pub fn parked(reason: &'static str) {

@@ -42,6 +42,9 @@ pub mod names {
     pub const PARKED_EXCHANGE: &str = "invalidation.parked";
     pub const DLX: &str = "invalidation.dlx";
     pub const JOB_COMPLETED: &str = "job.completed";
+    /// Events about a request's end (see `message::RequestEvent`).
+    pub const REQUEST_DEAD_LETTERED: &str = "request.dead_lettered";
+    pub const REQUEST_PARKED: &str = "request.parked";
 
     /// The dead-letter queue of `queue`.
     pub fn dlq(queue: &str) -> String {
@@ -505,9 +508,10 @@ impl Topology {
     /// Whether the retry handler may send a message back to `exchange` /
     /// `routing_key` (SPEC §11): only where the topology routes it to at
     /// least one queue, and only to queues a worker consumes other than the
-    /// retry-ready queue (the lanes, the partition queue, the source
-    /// queues). Never the outbound exchange, the events, the parking or
-    /// unroutable queues, nor back into the retry path. The error says why.
+    /// retry-ready queue (the lanes, the unroutable queue the dispatcher
+    /// re-routes from, the partition queue, the source queues). Never the
+    /// outbound exchange, the events, the parking or dead-letter queues, nor
+    /// back into the retry path. The error says why.
     pub fn allows_return(&self, exchange: &str, routing_key: &str) -> Result<(), String> {
         let shown = if exchange.is_empty() {
             "the default exchange".to_string()
@@ -1309,12 +1313,14 @@ mod tests {
             (names::PARTITIONS, names::PARTITION_KEY),
             ("source.stock", ""),
             ("", names::FAST_LANE),
+            // Caught by the alternate exchange: the dispatcher consumes the
+            // unroutable queue and re-routes or dead-letters what it holds.
+            (names::REQUESTS, "refund"),
         ] {
             assert_eq!(t.allows_return(exchange, key), Ok(()), "{exchange} {key}");
         }
         for (exchange, key) in [
             (names::OUTBOUND, "price.tr_tr"),
-            (names::REQUESTS, "refund"),
             (names::EVENTS, names::JOB_COMPLETED),
             (names::PARKED_EXCHANGE, ""),
             (names::RETRY_EXCHANGE, "ready"),

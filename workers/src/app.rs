@@ -18,14 +18,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatcher::Dispatcher;
 use crate::ingest::Ingest;
+use crate::lanes::Lanes;
 use crate::partition::PartitionWorker;
 use crate::retry::RetryHandler;
 use crate::sweeper::Sweeper;
+use crate::unroutable::Unroutable;
 
 /// The long-running workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum WorkerKind {
-    /// Validates requests from both lanes; resolves small ones, splits large ones.
+    /// Validates requests from both lanes; resolves small ones, splits large
+    /// ones; puts requests on the lane of their type (also from
+    /// `invalidation.unroutable`).
     Dispatcher,
     /// Runs partition tasks of split requests.
     Partition,
@@ -230,12 +234,22 @@ pub async fn run(
         // `expect`s below: `Services::connect` connected what each kind needs.
         match kind {
             WorkerKind::Dispatcher => {
+                let lanes = Lanes::load(&config)?;
                 let h = Dispatcher::new(
                     ctx.clone(),
                     s.search.clone().expect("search"),
                     s.db.clone().expect("db"),
                     s.kv.clone().expect("kv"),
+                    lanes.clone(),
                 );
+                // The request exchange's alternate exchange: requests whose
+                // routing key no lane is bound to go to their type's lane.
+                tasks.spawn(until_stopped(consume(
+                    ctx.clone(),
+                    vec![names::UNROUTABLE.into()],
+                    Unroutable::new(ctx.clone(), lanes),
+                    stop.clone(),
+                )));
                 // One consumer per lane, each on its own connection and
                 // prefetch: a slow bulk request never holds up the fast lane.
                 tasks.spawn(until_stopped(consume(

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 
 use crate::batcher::{Batcher, Origin};
 use crate::job;
+use crate::lanes::{self, Lanes, Verdict};
 
 /// Idempotency scope of processed requests in Redis.
 pub const REQUEST_SCOPE: &str = "request";
@@ -26,6 +27,8 @@ pub struct Dispatcher {
     pub db: PgPool,
     pub kv: Kv,
     pub batcher: Batcher,
+    /// Which lane each request type belongs on (the topology's bindings).
+    pub lanes: Lanes,
 }
 
 /// A request that passed validation, with what the allow-list says of its field.
@@ -109,10 +112,44 @@ pub fn validate(
     })
 }
 
+/// Everything the dispatcher checks of a request body before it does any
+/// work, in the order it checks it: the body's size, its decoding, the
+/// sanity of its time (from `window_start`, an operator's reset replay) and
+/// [`validate`]. `fleet publish` calls this too, so the CLI refuses exactly
+/// what the dispatcher would dead-letter, with the same class and reason.
+pub fn check(
+    config: &Config,
+    body: &[u8],
+    window_start: Option<i64>,
+) -> Result<Validated, HandlerError> {
+    runtime::check_body_size(config, body)?;
+    let request = decode(body)?;
+    check_decoded(config, request, body, window_start)
+}
+
+/// Decodes a request body; a failure is permanent, classed by the decoder.
+fn decode(body: &[u8]) -> Result<InvalidationRequest, HandlerError> {
+    InvalidationRequest::decode(body).map_err(|e| HandlerError::permanent(e.class(), e))
+}
+
+/// [`check`] after decoding.
+fn check_decoded(
+    config: &Config,
+    request: InvalidationRequest,
+    body: &[u8],
+    window_start: Option<i64>,
+) -> Result<Validated, HandlerError> {
+    // Judged from the window start, so a request replayed with a reset
+    // passes with its old time.
+    window::check_now(request.invalidation_time, window_start, &config.retry)
+        .map_err(|e| HandlerError::permanent(window::BAD_TIME, e))?;
+    validate(config, request, body)
+}
+
 impl Handler for Dispatcher {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
-        let request = InvalidationRequest::decode(msg.body())
-            .map_err(|e| HandlerError::permanent(e.class(), e))?;
+        // The body's size was checked by the runtime before this handler.
+        let request = decode(msg.body())?;
         if let Some(id) = request.request_id.as_deref() {
             runtime::record_request(id);
         }
@@ -120,15 +157,17 @@ impl Handler for Dispatcher {
         let window_start = msg
             .header(headers::WINDOW_START)
             .and_then(|t| t.parse::<i64>().ok());
-        // Judged from the window start, so a request replayed with a reset
-        // passes with its old time.
-        window::check_now(
-            request.invalidation_time,
-            window_start,
-            &self.ctx.config.retry,
-        )
-        .map_err(|e| HandlerError::permanent(window::BAD_TIME, e))?;
-        let v = validate(&self.ctx.config, request, msg.body())?;
+        // The lane rule: a request on a lane its type does not belong to
+        // goes to the right one, where it is validated like any other.
+        match self
+            .lanes
+            .on_lane(&msg.queue, request.invalidation_type, lanes::rerouted(msg))
+        {
+            Verdict::Here => {}
+            Verdict::Reroute(key) => return lanes::reroute(&self.ctx, msg, &key).await,
+            Verdict::Refuse(class, why) => return Err(HandlerError::permanent(class, why)),
+        }
+        let v = check_decoded(&self.ctx.config, request, msg.body(), window_start)?;
         runtime::record_request(&v.request_id);
         // A retry must keep the request id generated at first sight.
         let tag = |e: HandlerError| match e {
@@ -183,7 +222,7 @@ impl Handler for Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(ctx: Context, search: Search, db: PgPool, kv: Kv) -> Arc<Self> {
+    pub fn new(ctx: Context, search: Search, db: PgPool, kv: Kv, lanes: Lanes) -> Arc<Self> {
         let batcher = Batcher::for_context(&ctx);
         Arc::new(Self {
             ctx,
@@ -191,6 +230,7 @@ impl Dispatcher {
             db,
             kv,
             batcher,
+            lanes,
         })
     }
 

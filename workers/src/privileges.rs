@@ -5,9 +5,9 @@
 //! - **read**: the queues the topology file says the worker consumes
 //!   (`consumer = "…"`).
 //! - **write**: the exchanges it publishes to. Every consuming worker's
-//!   failure paths publish to the dead-letter exchange and the retry
-//!   exchange; besides that the dispatcher writes outbound batches and
-//!   partition tasks, the partition worker outbound batches and job
+//!   failure paths publish to the dead-letter exchange, the retry
+//!   exchange and the request events; besides that the dispatcher writes
+//!   outbound batches, partition tasks and re-routed requests, the partition worker outbound batches and job
 //!   events, ingest requests, the sweeper re-published tasks and job
 //!   events, and the retry handler parks and returns messages to exactly
 //!   the exchanges [`Topology::return_exchanges`] allows (the rule it
@@ -28,8 +28,9 @@ use crate::app::WorkerKind;
 /// The exchanges a worker type publishes to besides its failure paths.
 fn publishes(kind: WorkerKind, topology: &Topology) -> Vec<String> {
     let fixed: &[&str] = match kind {
-        // batcher (outbound batches), job::create (partition tasks)
-        WorkerKind::Dispatcher => &[names::OUTBOUND, names::PARTITIONS],
+        // batcher (outbound batches), job::create (partition tasks),
+        // lanes::reroute (a request on the wrong lane, or unroutable)
+        WorkerKind::Dispatcher => &[names::OUTBOUND, names::PARTITIONS, names::REQUESTS],
         // batcher, job::finish_task → job::announce (job.completed)
         WorkerKind::Partition => &[names::OUTBOUND, names::EVENTS],
         // parking; returns are added below
@@ -57,9 +58,11 @@ pub fn rights(kind: WorkerKind, topology: &Topology) -> Rights {
     let mut write: std::collections::BTreeSet<String> =
         publishes(kind, topology).into_iter().collect();
     if !read.is_empty() {
-        // runtime::dead_letter and runtime::send_to_retry.
+        // runtime::dead_letter and runtime::send_to_retry, and the
+        // request.dead_lettered / request.parked events after them.
         write.insert(names::DLX.into());
         write.insert(names::RETRY_EXCHANGE.into());
+        write.insert(names::EVENTS.into());
     }
     Rights {
         configure: Default::default(),
@@ -161,12 +164,15 @@ mod tests {
     fn each_worker_gets_exactly_what_it_uses() {
         let t = builtin();
         let r = |k| rights(k, &t);
-        let failure = [names::DLX, names::RETRY_EXCHANGE];
+        let failure = [names::DLX, names::RETRY_EXCHANGE, names::EVENTS];
         let d = r(WorkerKind::Dispatcher);
-        assert_eq!(d.read, set(&[names::FAST_LANE, names::BULK_LANE]));
+        assert_eq!(
+            d.read,
+            set(&[names::FAST_LANE, names::BULK_LANE, names::UNROUTABLE])
+        );
         assert_eq!(
             d.write,
-            set(&[&[names::OUTBOUND, names::PARTITIONS][..], &failure[..]].concat())
+            set(&[&[names::OUTBOUND, names::PARTITIONS, names::REQUESTS][..], &failure[..]].concat())
         );
         let p = r(WorkerKind::Partition);
         assert_eq!(p.read, set(&[names::PARTITIONS]));
@@ -189,6 +195,8 @@ mod tests {
             names::PARKED_EXCHANGE,
             names::DLX,
             names::RETRY_EXCHANGE,
+            names::EVENTS,
+            names::UNROUTABLE,
             names::REQUESTS,
             names::PARTITIONS,
             access::DEFAULT_EXCHANGE,

@@ -22,7 +22,7 @@ use std::time::Duration;
 use fleet_shared::broker::{headers, headers_json, Outgoing};
 use fleet_shared::config::RetryConfig;
 use fleet_shared::db::{self, Parked};
-use fleet_shared::message::{now_millis, PartitionTask};
+use fleet_shared::message::{now_millis, PartitionTask, RequestEvent};
 use fleet_shared::runtime::{
     copy_properties, fleet_user, park_headers, Classify, Context, Handler, HandlerError, Incoming,
 };
@@ -183,6 +183,16 @@ impl Handler for RetryHandler {
                     .await?;
                 telemetry::parked(reason);
                 msg.mark_parked();
+                // Published by the runtime once the delivery is acked: the
+                // parked copy and its row are confirmed by then.
+                msg.announce_after_ack(msg.request_event(
+                    &self.ctx,
+                    RequestEvent::PARKED,
+                    reason,
+                    &parked.reason,
+                    names::PARKED,
+                    (Some(exchange.clone()), Some(routing_key.clone())),
+                ));
                 tracing::warn!(%exchange, %routing_key, attempts, reason = %parked.reason, "Parked a message: it is not retried again until an operator replays it.");
                 Ok(())
             }

@@ -13,6 +13,7 @@ pub mod catalogue;
 pub mod dlq;
 pub mod jobs;
 pub mod publish;
+pub mod requests;
 pub mod status;
 pub mod topology;
 
@@ -117,7 +118,7 @@ pub enum Command {
     Dlq(dlq::DlqCommand),
     /// Print the JSON Schema of a message kind, for producers.
     Schema {
-        /// request, outbound, partition-task, job-completed or source-event.
+        /// request, outbound, partition-task, job-completed, request-event or source-event.
         #[arg(default_value = "request")]
         kind: String,
     },
@@ -131,6 +132,9 @@ pub enum Command {
     Jobs(jobs::JobsCommand),
     /// Send an invalidation request or a source event (with a publisher confirm).
     Publish(publish::PublishArgs),
+    /// What became of a request: done mark, jobs, dead-letter or parking queue, events.
+    #[command(subcommand)]
+    Requests(requests::RequestsCommand),
     /// Queues (depth, consumers, rates) and connected workers, from the management API.
     Status(status::StatusArgs),
 }
@@ -176,6 +180,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(cmd) => dlq::run(&g.config()?, cmd).await,
         Command::Jobs(cmd) => jobs::run(&g.config()?, cmd).await,
         Command::Publish(args) => publish::run(&g.config()?, args).await,
+        Command::Requests(cmd) => requests::run(&g.config()?, cmd).await,
         Command::Status(args) => status::run(&g.config()?, args).await,
         Command::Schema { kind } => {
             let all = fleet_shared::schema::all();

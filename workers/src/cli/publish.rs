@@ -1,9 +1,12 @@
 //! `fleet publish`: send one invalidation request or one source event, with a
 //! publisher confirm, for producers and for testing.
 //!
-//! A request is decoded with the workers' own decoder before it leaves, so a
-//! bad file fails here with the reason instead of landing in a dead-letter
-//! queue later. Its routing key is its type in lower snake case.
+//! A request goes through the dispatcher's own checks ([`dispatcher::check`]:
+//! size, decoding, time, allow-list, bounds) before it leaves, so what the
+//! dispatcher would dead-letter is refused here with the same class and
+//! reason, and nothing is sent. Flags are judged like a body: `--type price`
+//! is refused as `"invalidationType": "price"` would be. Its routing key is
+//! its type in lower snake case.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -14,14 +17,18 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use fleet_shared::broker::Outgoing;
 use fleet_shared::config::Config;
-use fleet_shared::message::{new_request_id, IndexKey, InvalidationRequest, InvalidationType};
+use fleet_shared::message::{new_request_id, IndexKey, InvalidationType};
+use fleet_shared::runtime::HandlerError;
 use fleet_shared::source::SourceKind;
 use fleet_shared::topology::names;
 use serde_json::Value;
 
+use crate::dispatcher;
+
 const AFTER: &str = "\
 Examples:
   fleet publish --type PRICE --param brand.id --ids 1,2 --index-keys trTR,deDE
+                                             (types and index keys spelt as in a body)
   fleet publish --file request.json            (or --file - to read standard input)
   fleet publish --source stock --json '{\"contentId\": 1, \"event\": \"created\", \"quantity\": 5}'
 
@@ -107,9 +114,9 @@ pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode>
         None => {
             let mut value = match read_body(&args)? {
                 Some(body) => {
-                    InvalidationRequest::decode(&body)
-                        .context("not a valid invalidation request; nothing was sent")?;
-                    // Decoded above, so it is a JSON object.
+                    // The dispatcher's own checks, on the body as given.
+                    dispatcher::check(config, &body, None).map_err(|e| refused(e, None))?;
+                    // Checked above, so it is a JSON object.
                     serde_json::from_slice::<Value>(&body)?
                 }
                 None => from_flags(&args)?,
@@ -124,10 +131,11 @@ pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode>
             };
             value["requestId"] = Value::String(id.clone());
             let body = serde_json::to_vec(&value)?;
-            // Decode the final body too: it is exactly what the dispatcher will read.
-            let request = InvalidationRequest::decode(&body)
-                .context("not a valid invalidation request; nothing was sent")?;
-            let routing_key = request.invalidation_type.snake();
+            // Check the final body: it is exactly what the dispatcher will read.
+            let request = dispatcher::check(config, &body, None)
+                .map_err(|e| refused(e, spelling_hint(&args)))?
+                .request;
+            let routing_key = request.routing_key();
             send(config, names::REQUESTS, &routing_key, &body).await?;
             eprintln!(
                 "Published request {id} ({} on {}, {} id(s)) to exchange {} with routing key {routing_key}.",
@@ -140,6 +148,45 @@ pub async fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A request the dispatcher would dead-letter: refused here with the class
+/// and reason the dead letter would carry, and nothing is sent.
+fn refused(e: HandlerError, hint: Option<String>) -> anyhow::Error {
+    let hint = hint.map(|h| format!(" ({h})")).unwrap_or_default();
+    anyhow::anyhow!(
+        "refused: the dispatcher would dead-letter this request as {}{hint}; nothing was sent",
+        e
+    )
+}
+
+/// How a `--type` or `--index-keys` value is spelt on the wire, when it was
+/// given in another case (`price` for `PRICE`): the body accepts only the
+/// wire spelling, and so does this command.
+fn spelling_hint(args: &PublishArgs) -> Option<String> {
+    let mut hints = Vec::new();
+    if let Some(raw) = &args.invalidation_type {
+        if let Ok(t) = raw.trim().parse::<InvalidationType>() {
+            if t.as_str() != raw {
+                hints.push(format!("write --type {t}"));
+            }
+        }
+    }
+    let keys: Vec<String> = args
+        .index_keys
+        .iter()
+        .filter_map(|raw| match raw.trim().parse::<IndexKey>() {
+            Ok(k) if k.as_str() != raw => Some(format!("{raw} is {k}")),
+            _ => None,
+        })
+        .collect();
+    if !keys.is_empty() {
+        hints.push(format!(
+            "index keys are written trTR, deDE, …: {}",
+            keys.join(", ")
+        ));
+    }
+    (!hints.is_empty()).then(|| hints.join("; "))
 }
 
 /// The body of `--file` / `--json`, if either was given.
@@ -162,25 +209,19 @@ fn read_body(args: &PublishArgs) -> anyhow::Result<Option<Vec<u8>>> {
         .map(Some)
 }
 
-/// A request from `--type`, `--param`, `--ids` and `--index-keys`.
+/// A request from `--type`, `--param`, `--ids` and `--index-keys`, with the
+/// values as given: the dispatcher's checks judge them as they would judge a
+/// body (`--type price` is refused like `"invalidationType": "price"`).
 fn from_flags(args: &PublishArgs) -> anyhow::Result<Value> {
     let Some(t) = &args.invalidation_type else {
         bail!("nothing to publish: give --type/--param/--ids, --file FILE, --file - or --json '{{…}}'")
     };
-    let t: InvalidationType = t.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    if args.ids.is_empty() {
-        bail!("--ids needs at least one id");
-    }
-    let keys = args
-        .index_keys
-        .iter()
-        .map(|k| k.trim().parse::<IndexKey>().map_err(|e| anyhow::anyhow!(e)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys: Vec<&str> = args.index_keys.iter().map(|k| k.trim()).collect();
     Ok(serde_json::json!({
         "v": fleet_shared::message::CURRENT_VERSION,
         "parameterIds": args.ids,
         "parameterName": args.param,
-        "invalidationType": t,
+        "invalidationType": t.trim(),
         "indexKeys": keys,
     }))
 }

@@ -159,10 +159,15 @@ async fn the_retry_handler_only_returns_messages_where_the_topology_allows() {
         (names::OUTBOUND, "price.tr_tr"),
         ("", "productcontent_price_tr_tr"),
         (names::EVENTS, names::JOB_COMPLETED),
-        (names::REQUESTS, "refund"),
         (names::PARKED_EXCHANGE, ""),
     ];
-    let allowed = [(names::REQUESTS, "price"), ("", names::BULK_LANE)];
+    // A key no lane has reaches the unroutable queue, which the dispatcher
+    // consumes: it re-routes by type or dead-letters (the lane rule).
+    let allowed = [
+        (names::REQUESTS, "price"),
+        ("", names::BULK_LANE),
+        (names::REQUESTS, "refund"),
+    ];
     for (i, (exchange, key)) in forbidden.iter().chain(allowed.iter()).enumerate() {
         env.publish_with(
             names::RETRY_EXCHANGE,
@@ -178,7 +183,11 @@ async fn the_retry_handler_only_returns_messages_where_the_topology_allows() {
         .await;
     let fast = env.take(names::FAST_LANE, 1, Duration::from_secs(10)).await;
     let bulk = env.take(names::BULK_LANE, 1, Duration::from_secs(10)).await;
+    let unrouted = env
+        .take(names::UNROUTABLE, 1, Duration::from_secs(10))
+        .await;
     workers.stop().await.unwrap();
+    assert_eq!(unrouted.len(), 1);
     assert_eq!(refused.len(), forbidden.len(), "{refused:?}");
     for m in &refused {
         assert_eq!(header(m, headers::ERROR_CLASS), "forbidden_destination");
@@ -189,6 +198,15 @@ async fn the_retry_handler_only_returns_messages_where_the_topology_allows() {
     }
     assert_eq!(fast.len(), 1);
     assert_eq!(bulk.len(), 1);
+    // The events log holds only the announcements of the refusals, never
+    // the forged job.completed.
+    let events = env
+        .take(names::EVENTS_LOG, forbidden.len(), Duration::from_secs(5))
+        .await;
+    assert_eq!(events.len(), forbidden.len());
+    assert!(events
+        .iter()
+        .all(|e| e.routing_key == names::REQUEST_DEAD_LETTERED));
     for q in [
         "productcontent_price_tr_tr",
         names::EVENTS_LOG,

@@ -6,6 +6,7 @@ mod common;
 mod compose;
 mod consumers;
 mod dlq;
+mod docs;
 mod failures;
 mod faultproxy;
 mod idempotency;

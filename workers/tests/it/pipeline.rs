@@ -30,6 +30,8 @@ async fn completion_events(env: &TestEnv) -> Vec<JobCompleted> {
     env.take(names::EVENTS_LOG, 0, Duration::ZERO)
         .await
         .iter()
+        // The log also carries request.dead_lettered / request.parked.
+        .filter(|m| m.routing_key == names::JOB_COMPLETED)
         .map(|m| serde_json::from_slice(&m.body).expect("events decode"))
         .collect()
 }
