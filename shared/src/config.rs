@@ -123,6 +123,12 @@ pub struct AmqpConfig {
     /// search cluster together (on the 2-core development machine 25 tasks
     /// of one 250,000-id request stalled osmem-server and went to the retry
     /// delay); a few per process leave the rest queued for other replicas.
+    /// The dispatcher defaults to 256: a lane carries requests that need no
+    /// search (`parameterName: "id"`) behind requests that wait for the
+    /// search limit, and the limit, not the prefetch, is what bounds the
+    /// load on search; with 64, a backlog of searching requests during a
+    /// search overload held every slot and the search-free requests behind
+    /// them waited minutes (the full fault suite).
     pub prefetch_by_worker: BTreeMap<String, u16>,
     /// Longest wait between two reconnection attempts.
     #[serde(with = "humantime_serde")]
@@ -227,7 +233,10 @@ impl Default for AmqpConfig {
             connect_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(30),
             prefetch: 64,
-            prefetch_by_worker: BTreeMap::from([("partition".to_string(), 4)]),
+            prefetch_by_worker: BTreeMap::from([
+                ("dispatcher".to_string(), 256),
+                ("partition".to_string(), 4),
+            ]),
             reconnect_max_backoff: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(30),
             fleet_users: String::new(),
@@ -1272,7 +1281,8 @@ mod tests {
     fn prefetch_is_set_per_worker_type() {
         let c = Config::load_from(None, vars(&[])).unwrap();
         assert_eq!(c.amqp.prefetch_for("partition"), 4);
-        assert_eq!(c.amqp.prefetch_for("dispatcher"), 64);
+        assert_eq!(c.amqp.prefetch_for("dispatcher"), 256);
+        assert_eq!(c.amqp.prefetch_for("retry"), 64);
         let c = Config::load_from(
             None,
             vars(&[

@@ -117,6 +117,17 @@ fn words(line: &str) -> Vec<String> {
     out
 }
 
+/// Whether a README example ran as documented: exit 0, or for `fleet
+/// status` the documented 2 ("something is unhealthy": in this sandbox only
+/// a dispatcher runs, so the other workers' queues have no consumer) with its
+/// report printed.
+fn accepted(words: &[String], out: &std::process::Output) -> bool {
+    out.status.success()
+        || (words.get(1).map(String::as_str) == Some("status")
+            && out.status.code() == Some(2)
+            && String::from_utf8_lossy(&out.stdout).contains("UNHEALTHY"))
+}
+
 #[tokio::test]
 async fn every_command_example_in_the_readme_runs() {
     let env = TestEnv::with_catalogue(|_| {}).await;
@@ -145,13 +156,13 @@ async fn every_command_example_in_the_readme_runs() {
                 .await
                 .unwrap();
             tries += 1;
-            if out.status.success() || tries == 20 {
+            if accepted(&w, &out) || tries == 20 {
                 break out;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         assert!(
-            out.status.success(),
+            accepted(&w, &out),
             "README example {line:?} failed ({}):\n{}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),

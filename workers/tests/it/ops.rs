@@ -707,7 +707,7 @@ async fn topology_conflicts_name_the_configuration_key_and_collapse_by_kind() {
         "collapsed by kind ({conflicts} lines): {stdout}"
     );
     assert!(
-        stdout.contains("262 queue(s) exist with x-queue-type = \"classic\", but the topology (from configuration key topology.queue_type, FLEET_TOPOLOGY_QUEUE_TYPE) wants \"quorum\"")
+        stdout.contains("263 queue(s) exist with x-queue-type = \"classic\", but the topology (from configuration key topology.queue_type, FLEET_TOPOLOGY_QUEUE_TYPE) wants \"quorum\"")
             && stdout.contains("FLEET_TOPOLOGY_QUEUE_TYPE=classic"),
         "{stdout}"
     );
