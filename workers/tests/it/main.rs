@@ -8,6 +8,7 @@ mod consumers;
 mod dlq;
 mod failures;
 mod faultproxy;
+mod hostile;
 mod idempotency;
 mod ingress;
 mod jobs;
