@@ -403,13 +403,8 @@ fn good_messages() -> Vec<Good> {
     }
     // Searching requests: small ones resolved in place, and one over the
     // split limit that runs through the partition worker.
-    let searches: [(
-        &str,
-        &str,
-        &str,
-        i64,
-        fn(&fleet_workers::catalogue::Content, i64) -> bool,
-    ); 4] = [
+    type Matches = fn(&fleet_workers::catalogue::Content, i64) -> bool;
+    let searches: [(&str, &str, &str, i64, Matches); 4] = [
         ("price", "PRICE", "brand.id", 60, |d, v| d.brand.id == v),
         ("assortment", "ASSORTMENT", "category.id", 60, |d, v| {
             d.category.id == v

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::corpus::{to_hex, Case, Expect, Repeat};
 
 /// The seed: "HOSTILE" in ASCII.
-pub const SEED: u64 = 0x484f_5354_494c_45;
+pub const SEED: u64 = 0x0048_4f53_5449_4c45;
 
 /// Routing keys the topology binds to each lane (`topology/fleet.toml`).
 pub const FAST_KEYS: &[&str] = &[
@@ -682,12 +682,20 @@ impl Gen {
     }
 
     fn valid_task(&mut self) -> Value {
+        let job = format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            self.rng.next() as u32,
+            self.rng.next() & 0xffff_ffff_ffff
+        );
+        let task_no = self.rng.below(10);
+        let request = format!("forged-{}", self.rng.next() % 100_000);
+        let rk = self.rng.pick_owned(FAST_KEYS);
         json!({
             "v": 1,
-            "jobId": format!("{:08x}-0000-4000-8000-{:012x}", self.rng.next() as u32, self.rng.next() & 0xffff_ffff_ffff),
-            "taskNo": self.rng.below(10),
-            "requestId": format!("forged-{}", self.rng.next() % 100_000),
-            "invalidationType": upper(*self.rng.pick(FAST_KEYS)),
+            "jobId": job,
+            "taskNo": task_no,
+            "requestId": request,
+            "invalidationType": upper(rk),
             "indexKey": *self.rng.pick(INDEX_KEYS),
             "parameterName": "brand.id",
             "parameterIds": [1],
