@@ -15,4 +15,11 @@ cargo test --workspace --locked --lib --bins --tests -- --test-threads "${TEST_T
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+# Then a bounded fuzz run of the body decoders and validation (about 80 s
+# plus its build; FUZZ_SECONDS per target): a crash fails the run.
+fuzz_status=0
+scripts/fuzz.sh || fuzz_status=$?
+if [ "$status" -eq 0 ]; then
+  status="$fuzz_status"
+fi
 exit "$status"

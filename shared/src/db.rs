@@ -346,6 +346,37 @@ pub async fn start_task(pool: &PgPool, job: Uuid, task_no: i32) -> sqlx::Result<
     .await
 }
 
+/// What a task message must agree with: its row's range and its job's
+/// request. `None` when the job has no such task.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskIdentity {
+    pub request_id: String,
+    pub invalidation_type: String,
+    pub index_key: String,
+    pub parameter_name: String,
+    /// The job's request as recorded (its `parameterIds` among others).
+    pub request: Value,
+    pub partition_from: Option<i64>,
+    pub partition_to: Option<i64>,
+}
+
+pub async fn task_identity(
+    pool: &PgPool,
+    job: Uuid,
+    task_no: i32,
+) -> sqlx::Result<Option<TaskIdentity>> {
+    sqlx::query_as(
+        "SELECT j.request_id, j.invalidation_type, j.index_key, j.parameter_name, j.request,
+                t.partition_from, t.partition_to
+         FROM job_tasks t JOIN jobs j ON j.id = t.job_id
+         WHERE t.job_id = $1 AND t.task_no = $2",
+    )
+    .bind(job)
+    .bind(task_no)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Shows a running task is alive, so the sweeper leaves it alone.
 pub async fn heartbeat(pool: &PgPool, job: Uuid, task_no: i32) -> sqlx::Result<()> {
     sqlx::query(
@@ -398,7 +429,7 @@ pub async fn set_back_task(
     .bind(job)
     .bind(task_no)
     .bind(end.as_str())
-    .bind(error)
+    .bind(pg_text(error))
     .execute(pool)
     .await?;
     Ok(())
@@ -574,19 +605,46 @@ pub struct Parked {
 }
 
 /// Records a parked message once per `message_key`.
+/// `s` as PostgreSQL `text` takes it: NUL, which `text` and `jsonb` refuse
+/// ("invalid byte sequence", "unsupported Unicode escape sequence"), shown
+/// as U+FFFD. What producers wrote reaches these columns (headers, message
+/// ids, error messages naming their values); a refused insert would fail
+/// as if the database were down, on every retry.
+pub fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// [`pg_text`] for every string and key of a JSON value (for `jsonb`).
+pub fn pg_json(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(pg_text(s).into_owned()),
+        Value::Array(a) => Value::Array(a.iter().map(pg_json).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (pg_text(k).into_owned(), pg_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 pub async fn park(pool: &PgPool, p: &Parked) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO parked_messages (message_key, reason, original_exchange, original_routing_key, attempts,
                                       invalidation_time, headers, body)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_key) DO NOTHING",
     )
-    .bind(&p.message_key)
-    .bind(&p.reason)
-    .bind(&p.original_exchange)
-    .bind(&p.original_routing_key)
+    .bind(pg_text(&p.message_key))
+    .bind(pg_text(&p.reason))
+    .bind(pg_text(&p.original_exchange))
+    .bind(pg_text(&p.original_routing_key))
     .bind(p.attempts)
     .bind(p.invalidation_time)
-    .bind(&p.headers)
+    .bind(pg_json(&p.headers))
     .bind(&p.body)
     .execute(pool)
     .await?;
@@ -807,4 +865,18 @@ pub async fn mark_parked(pool: &PgPool, body: &[u8], outcome: ParkedOutcome) -> 
     );
     let done = sqlx::query(&sql).bind(body).bind(id).execute(pool).await?;
     Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_for_postgresql_has_no_nul() {
+        assert_eq!(pg_text("plain"), "plain");
+        assert_eq!(pg_text("a\0b"), "a\u{fffd}b");
+        let v = serde_json::json!({"x\u{0}": ["\u{0}", 1, {"k": "v\u{0}"}]});
+        assert!(!pg_json(&v).to_string().contains("\\u0000"));
+        assert_eq!(pg_json(&v)["x\u{fffd}"][2]["k"], "v\u{fffd}");
+    }
 }

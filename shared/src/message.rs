@@ -29,6 +29,13 @@ pub enum DecodeError {
     Shape { kind: &'static str, message: String },
     #[error("unsupported message version v={0}; this worker reads v=1")]
     Version(u64),
+    /// An `invalidationType` this fleet does not know (wrong spelling or a
+    /// type newer than this build): its own class, so operators can filter.
+    #[error("body is a {kind} with an unknown invalidation type: {message}")]
+    UnknownType { kind: &'static str, message: String },
+    /// An index key this fleet does not know.
+    #[error("body is a {kind} with an unknown index key: {message}")]
+    UnknownIndexKey { kind: &'static str, message: String },
 }
 
 impl DecodeError {
@@ -38,11 +45,22 @@ impl DecodeError {
             DecodeError::Json(_) => "malformed_json",
             DecodeError::Shape { .. } => "invalid_message",
             DecodeError::Version(_) => "unsupported_version",
+            DecodeError::UnknownType { .. } => "unknown_type",
+            DecodeError::UnknownIndexKey { .. } => "unknown_index_key",
         }
     }
 }
 
 /// Decodes a message of kind `T`, checking the version first.
+///
+/// The class of a refusal says whose fault it is and never lies about the
+/// body: bytes that are not JSON (not UTF-8 — RFC 8259 §8.1 —, a syntax
+/// error, a number no JSON reader could hold, nesting past the recursion
+/// limit) are `malformed_json` wherever the fault is, even in a field the
+/// decoder would ignore; valid JSON that is not a JSON object (`null`,
+/// `[..]`, which serde would otherwise read positionally as a struct) or has
+/// the wrong shape is `invalid_message`; an unknown `invalidationType` or
+/// index key has a class of its own.
 pub fn decode<T: serde::de::DeserializeOwned>(
     kind: &'static str,
     body: &[u8],
@@ -53,8 +71,39 @@ pub fn decode<T: serde::de::DeserializeOwned>(
         #[serde(default)]
         v: Option<Value>,
     }
-    let version: Version =
-        serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+    // serde_json skips the strings of ignored fields without checking
+    // their UTF-8, so check the whole body once.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(DecodeError::Json(format!("the body is not UTF-8: {e}")));
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Checked before reading it as a struct: serde would read an array
+        // positionally. Still malformed when it is not JSON at all.
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => DecodeError::Shape {
+                    kind,
+                    message: "expected a JSON object".into(),
+                },
+                Err(e) => DecodeError::Json(e.to_string()),
+            },
+        );
+    }
+    // The first pass reads the whole body (skipping every value but `v`
+    // without building it): its syntax errors are the body's.
+    let version: Version = serde_json::from_slice(body).map_err(|e| {
+        if matches!(
+            e.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        ) {
+            DecodeError::Json(e.to_string())
+        } else {
+            DecodeError::Shape {
+                kind,
+                message: e.to_string(),
+            }
+        }
+    })?;
     match version.v {
         None | Some(Value::Null) => {}
         Some(v) => match v.as_u64() {
@@ -72,16 +121,41 @@ pub fn decode<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        DecodeError::Shape {
-            kind,
-            message: if path == "." {
-                inner
-            } else {
-                format!("{path}: {inner}")
-            },
+        // What only reading a value finds (a number out of range, a bad
+        // escape) shows now. serde_json also calls a wrong type where an
+        // enum belongs a syntax error, so its category is no guide in this
+        // pass: its words are.
+        let malformed = LEXICAL.iter().any(|m| inner.contains(m));
+        let message = if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        };
+        let unknown = message.contains("unknown variant");
+        if malformed {
+            DecodeError::Json(message)
+        } else if unknown && path == "invalidationType" {
+            DecodeError::UnknownType { kind, message }
+        } else if unknown && (path == "indexKey" || path.starts_with("indexKeys[")) {
+            DecodeError::UnknownIndexKey { kind, message }
+        } else {
+            DecodeError::Shape { kind, message }
         }
     })
 }
+
+/// serde_json's messages for input that is not JSON, as opposed to JSON of
+/// the wrong shape (checked by `the_class_never_lies_about_the_body`).
+const LEXICAL: &[&str] = &[
+    "number out of range",
+    "invalid number",
+    "invalid escape",
+    "invalid unicode code point",
+    "lone leading surrogate",
+    "unexpected end of hex escape",
+    "control character",
+    "recursion limit exceeded",
+];
 
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $wire:literal),+ $(,)? }) => {
@@ -510,10 +584,61 @@ mod tests {
             br#"{"parameterIds": [1], "parameterName": "id", "invalidationType": "REFUND"}"#,
         )
         .unwrap_err();
-        assert_eq!(e.class(), "invalid_message");
+        assert_eq!(e.class(), "unknown_type");
         assert!(e.to_string().contains("invalidationType"), "{e}");
+        let e = InvalidationRequest::decode(
+            br#"{"parameterIds": [1], "parameterName": "id", "invalidationType": "PRICE", "indexKeys": ["trTR", "xxXX"]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.class(), "unknown_index_key");
+        assert!(e.to_string().contains("indexKeys[1]"), "{e}");
+        let e = InvalidationRequest::decode(
+            br#"{"parameterIds": 7, "parameterName": "id", "invalidationType": "PRICE"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.class(), "invalid_message");
         let e = InvalidationRequest::decode(br#"{"v": 7}"#).unwrap_err();
         assert_eq!(e, DecodeError::Version(7));
+    }
+
+    #[test]
+    fn the_class_never_lies_about_the_body() {
+        let class = |b: &[u8]| InvalidationRequest::decode(b).unwrap_err().class();
+        let good = r#""parameterIds": [1], "parameterName": "id", "invalidationType": "PRICE""#;
+        // Valid JSON of the wrong shape, including a positional array that
+        // serde would otherwise read as a request.
+        for b in ["null", "[]", "42", "\"PRICE\"", "true"] {
+            assert_eq!(class(b.as_bytes()), "invalid_message", "{b}");
+        }
+        let positional = br#"[1, "r", [5], "id", false, null, "PRICE", ["trTR"], null]"#;
+        assert_eq!(class(positional), "invalid_message");
+        assert_eq!(class(b"[1, "), "malformed_json");
+        for wrong in ["11", "null", "[\"PRICE\"]"] {
+            let b = format!(r#"{{{good}, "indexKeys": [{wrong}]}}"#);
+            assert_eq!(class(b.as_bytes()), "invalid_message", "{b}");
+        }
+        // Not JSON, wherever the fault is: an ignored field's invalid UTF-8
+        // or lone surrogate, a known field's out-of-range number.
+        let mut b = format!(r#"{{{good}, "note": "x"#).into_bytes();
+        b.extend_from_slice(b"\xff\"}");
+        assert_eq!(class(&b), "malformed_json");
+        let b = format!(r#"{{{good}, "invalidationTime": 1e400}}"#);
+        assert_eq!(class(b.as_bytes()), "malformed_json");
+        let b = format!(r#"{{{good}, "requestId": "\ud800"}}"#);
+        assert_eq!(class(b.as_bytes()), "malformed_json");
+        let b = format!(
+            r#"{{"v": {}1{}, {good}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(class(b.as_bytes()), "malformed_json");
+        // Deep nesting in an ignored field is skipped without recursion.
+        let b = format!(
+            r#"{{"x": {}1{}, {good}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(InvalidationRequest::decode(b.as_bytes()).is_ok());
     }
 
     #[test]

@@ -564,9 +564,13 @@ async fn run_session<H: Handler>(
 /// The span every line about one message is logged in. Handlers fill in
 /// what they learn from the body (`request_id`, `job_id`, `task`).
 fn message_span(ctx: &Context, msg: &Incoming) -> tracing::Span {
-    // A producer's own counter is not believed here either.
+    // A producer's own counter is not believed here either. Saturating: a
+    // counter of i64::MAX must not panic here, outside the handler's
+    // panic guard, where it would strand the delivery unacked.
     let attempt = if belief(ctx, msg).counters {
-        header_i64(msg.headers(), headers::ATTEMPTS).unwrap_or(0) + 1
+        header_i64(msg.headers(), headers::ATTEMPTS)
+            .unwrap_or(0)
+            .saturating_add(1)
     } else {
         1
     };

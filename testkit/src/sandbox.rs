@@ -338,6 +338,7 @@ impl Sandbox {
                         headers: broker::headers_map(d.properties.headers().as_ref()),
                         routing_key: d.routing_key.to_string(),
                         exchange: d.exchange.to_string(),
+                        message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
                     });
                     d.ack(BasicAckOptions::default()).await.unwrap();
                 }
@@ -557,6 +558,8 @@ pub struct Taken {
     pub headers: BTreeMap<String, String>,
     pub routing_key: String,
     pub exchange: String,
+    /// The `message_id` property, when it has one.
+    pub message_id: Option<String>,
 }
 
 impl Taken {

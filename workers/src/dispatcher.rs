@@ -40,6 +40,9 @@ pub struct Validated {
     pub rule: FieldRule,
 }
 
+/// The longest `requestId` or `nestedPathName` accepted, in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+
 /// Checks a request against the configuration; every failure is permanent.
 pub fn validate(
     config: &Config,
@@ -47,6 +50,24 @@ pub fn validate(
     body: &[u8],
 ) -> Result<Validated, HandlerError> {
     let d = &config.dispatcher;
+    // Free text that is stored (job rows, Redis keys, logs): PostgreSQL
+    // refuses NUL in text and jsonb, so such a request would fail on every
+    // retry as if the database were down. Refused once, here.
+    for (field, value) in [
+        ("requestId", request.request_id.as_deref()),
+        ("nestedPathName", request.nested_path_name.as_deref()),
+    ] {
+        if let Some(v) = value {
+            if v.len() > MAX_TEXT_BYTES || v.chars().any(char::is_control) {
+                return Err(HandlerError::permanent(
+                    "invalid_message",
+                    format!(
+                        "{field} must be at most {MAX_TEXT_BYTES} bytes without control characters"
+                    ),
+                ));
+            }
+        }
+    }
     if request.parameter_ids.is_empty() {
         return Err(HandlerError::permanent(
             "empty_ids",
@@ -123,8 +144,23 @@ pub fn check(
     window_start: Option<i64>,
 ) -> Result<Validated, HandlerError> {
     runtime::check_body_size(config, body)?;
+    admit(config, body, window_start, now_millis(), |_| {})
+}
+
+/// [`check`] after the size check, at time `now`: decode, the sanity of its
+/// time (judged from the window start, so a request replayed with a reset
+/// passes with its old time), validation. `decoded` sees the request as
+/// soon as it decodes. The fuzz target `validate` calls exactly this.
+pub fn admit(
+    config: &Config,
+    body: &[u8],
+    window_start: Option<i64>,
+    now: i64,
+    decoded: impl FnOnce(&InvalidationRequest),
+) -> Result<Validated, HandlerError> {
     let request = decode(body)?;
-    check_decoded(config, request, body, window_start)
+    decoded(&request);
+    check_decoded(config, request, body, window_start, now)
 }
 
 /// Decodes a request body; a failure is permanent, classed by the decoder.
@@ -132,17 +168,22 @@ fn decode(body: &[u8]) -> Result<InvalidationRequest, HandlerError> {
     InvalidationRequest::decode(body).map_err(|e| HandlerError::permanent(e.class(), e))
 }
 
-/// [`check`] after decoding.
+/// [`admit`] after decoding.
 fn check_decoded(
     config: &Config,
     request: InvalidationRequest,
     body: &[u8],
     window_start: Option<i64>,
+    now: i64,
 ) -> Result<Validated, HandlerError> {
-    // Judged from the window start, so a request replayed with a reset
-    // passes with its old time.
-    window::check_now(request.invalidation_time, window_start, &config.retry)
-        .map_err(|e| HandlerError::permanent(window::BAD_TIME, e))?;
+    window::check(
+        request.invalidation_time,
+        window_start,
+        now,
+        config.retry.window,
+        config.retry.clock_slack,
+    )
+    .map_err(|e| HandlerError::permanent(window::BAD_TIME, e))?;
     validate(config, request, body)
 }
 
@@ -167,7 +208,13 @@ impl Handler for Dispatcher {
             Verdict::Reroute(key) => return lanes::reroute(&self.ctx, msg, &key).await,
             Verdict::Refuse(class, why) => return Err(HandlerError::permanent(class, why)),
         }
-        let v = check_decoded(&self.ctx.config, request, msg.body(), window_start)?;
+        let v = check_decoded(
+            &self.ctx.config,
+            request,
+            msg.body(),
+            window_start,
+            now_millis(),
+        )?;
         runtime::record_request(&v.request_id);
         // A retry must keep the request id generated at first sight.
         let tag = |e: HandlerError| match e {
@@ -346,6 +393,12 @@ mod tests {
         assert_eq!(class(req("price.amount", vec![1])), "forbidden_field");
         assert_eq!(class(req("brand.id", vec![])), "empty_ids");
         assert_eq!(class(req("id", (0..10_001).collect())), "too_many_ids");
+        let mut r = req("brand.id", vec![1]);
+        r.request_id = Some("evil\u{0}id".into());
+        assert_eq!(class(r), "invalid_message");
+        let mut r = req("brand.id", vec![1]);
+        r.nested_path_name = Some("x".repeat(MAX_TEXT_BYTES + 1));
+        assert_eq!(class(r), "invalid_message");
         let ok = validate(&c, req("listings.merchantId", vec![1]), b"{}").unwrap();
         assert!(ok.rule.nested);
         assert_eq!(ok.index_keys.len(), 7);

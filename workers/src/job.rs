@@ -208,6 +208,7 @@ pub async fn start_task(
     pool: &PgPool,
     task: &PartitionTask,
 ) -> Result<Start, HandlerError> {
+    check_task(pool, task).await?;
     let Some(attempt) = db::start_task(pool, task.job_id, task.task_no)
         .await
         .transient("database")?
@@ -229,6 +230,71 @@ pub async fn start_task(
         return Err(error);
     }
     Ok(Start::Run(attempt))
+}
+
+/// Refuses a task message that no job of ours wrote: a task its job does
+/// not have (the job never existed, or was deleted after its horizon) would
+/// otherwise look "already done" and be acked without a trace, and a task
+/// whose query differs from its row would run another query under the
+/// job's name. Both are permanent (`invalid_job`); the task row, if any,
+/// is left as it is, since the message is not the task's own.
+async fn check_task(pool: &PgPool, task: &PartitionTask) -> Result<(), HandlerError> {
+    let Some(row) = db::task_identity(pool, task.job_id, task.task_no)
+        .await
+        .transient("database")?
+    else {
+        return Err(HandlerError::permanent(
+            "invalid_job",
+            format!(
+                "job {} has no task {}: the message was not written by this fleet, or its job is gone",
+                task.job_id, task.task_no
+            ),
+        ));
+    };
+    let recorded_ids = row
+        .request
+        .get("parameterIds")
+        .and_then(|ids| serde_json::from_value::<Vec<i64>>(ids.clone()).ok());
+    let same_ids = |recorded: &[i64]| {
+        let set = |ids: &[i64]| {
+            ids.iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<i64>>()
+        };
+        set(recorded) == set(&task.parameter_ids)
+    };
+    let differs = [
+        ("requestId", row.request_id != task.request_id),
+        (
+            "invalidationType",
+            row.invalidation_type != task.invalidation_type.as_str(),
+        ),
+        ("indexKey", row.index_key != task.index_key.as_str()),
+        ("parameterName", row.parameter_name != task.parameter_name),
+        (
+            "parameterIds",
+            recorded_ids.is_some_and(|ids| !same_ids(&ids)),
+        ),
+        ("partitionFrom", row.partition_from != task.partition_from),
+        ("partitionTo", row.partition_to != task.partition_to),
+    ];
+    let wrong: Vec<&str> = differs
+        .iter()
+        .filter(|(_, d)| *d)
+        .map(|(f, _)| *f)
+        .collect();
+    if !wrong.is_empty() {
+        return Err(HandlerError::permanent(
+            "invalid_job",
+            format!(
+                "task {} of job {} does not match its job: {} differ",
+                task.task_no,
+                task.job_id,
+                wrong.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Records that a task's message is being dead-lettered: the row ends

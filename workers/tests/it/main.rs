@@ -9,6 +9,7 @@ mod dlq;
 mod docs;
 mod failures;
 mod faultproxy;
+mod hostile;
 mod idempotency;
 mod ingress;
 mod jobs;
