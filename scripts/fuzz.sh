@@ -4,6 +4,8 @@
 #
 #   FUZZ_SECONDS   seconds per target (default 20)
 #   FUZZ_TARGETS   which targets (default: all four)
+#   FUZZ_STEP      `build` (only build the targets), `run` (only run them,
+#                  after a build), or `all` (default)
 #
 # Toolchain: nightly when rustup has one (AddressSanitizer, cargo-fuzz's
 # default); otherwise stable with RUSTC_BOOTSTRAP=1 and no sanitizer. It
@@ -16,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-20}"
 targets="${FUZZ_TARGETS:-request task source_event validate}"
+step="${FUZZ_STEP:-all}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz: cargo-fuzz is missing; installing it (cargo install cargo-fuzz --locked)."
@@ -38,7 +41,13 @@ echo "fuzz: mode: $mode ($(cargo "${toolchain[@]}" --version)); ${seconds} s per
 
 # One build for every target; debug assertions on, so an arithmetic
 # overflow is a crash too.
-cargo "${toolchain[@]}" fuzz build --sanitizer "$sanitizer" --debug-assertions
+if [ "$step" != run ]; then
+  cargo "${toolchain[@]}" fuzz build --sanitizer "$sanitizer" --debug-assertions
+fi
+if [ "$step" = build ]; then
+  echo "fuzz: targets built (FUZZ_STEP=build)"
+  exit 0
+fi
 
 failed=()
 summary=()
