@@ -90,7 +90,12 @@ async fn no_command_or_worker_shows_a_password() {
         vec!["topology", "plan"],
         vec!["dlq", "list"],
         vec!["status"],
+        vec!["status", "--json"],
+        vec!["dlq", "list", "--all", "--json"],
         vec!["jobs", "list"],
+        vec!["requests", "show", "no-such-request"],
+        vec!["topology", "export", "--users"],
+        vec!["dlq", "peek", "invalidation.parked"],
         vec![
             "publish",
             "--type",
