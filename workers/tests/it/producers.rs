@@ -437,6 +437,42 @@ async fn dead_lettered_and_parked_requests_are_announced_on_the_events_exchange(
 }
 
 #[tokio::test]
+async fn a_request_id_too_long_for_an_amqp_message_id_is_still_announced() {
+    let env = TestEnv::new().await;
+    let fleet = env.start(&[WorkerKind::Dispatcher]);
+    env.consumed(names::FAST_LANE).await;
+    // Refused (at most 256 bytes), and announced: the event's message id
+    // once embedded the request id and panicked over 255 bytes.
+    let id = "r".repeat(10_000);
+    let body = format!(
+        r#"{{"requestId": "{id}", "parameterIds": [1], "parameterName": "id", "invalidationType": "PRICE"}}"#
+    );
+    env.publish(names::REQUESTS, "price", body.as_bytes()).await;
+    let got = env
+        .take(names::EVENTS_LOG, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(got.len(), 1, "no event for the long request id");
+    let e = fleet_shared::message::RequestEvent::decode(&got[0].body).unwrap();
+    assert_eq!(e.request_id, id);
+    assert_eq!(e.class, "invalid_message");
+    let message_id = got[0].message_id.clone().expect("a message id");
+    assert!(message_id.len() <= 255, "{message_id}");
+    assert_eq!(message_id, e.event_id());
+    // The dispatcher carries on.
+    env.publish(
+        names::REQUESTS,
+        "price",
+        br#"{"parameterIds": [3], "parameterName": "id", "invalidationType": "PRICE", "indexKeys": ["trTR"]}"#,
+    )
+    .await;
+    let (ids, _) = env
+        .collect_ids("productcontent_price_tr_tr", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![3]);
+    fleet.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn requests_show_tells_what_became_of_a_request_without_changing_anything() {
     let env = TestEnv::with_catalogue(|c| {
         c.retry.delay = Duration::from_secs(1);
