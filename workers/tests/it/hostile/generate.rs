@@ -1406,9 +1406,11 @@ impl Gen {
                 let rk = if round < 12 {
                     "price"
                 } else {
-                    *self
-                        .rng
-                        .pick(if round % 2 == 0 { FAST_KEYS } else { BULK_KEYS })
+                    *self.rng.pick(if round.is_multiple_of(2) {
+                        FAST_KEYS
+                    } else {
+                        BULK_KEYS
+                    })
                 };
                 let (body, then) = self.accepted_request(rk);
                 (
@@ -1428,7 +1430,7 @@ impl Gen {
                         .rng
                         .pick(&["refund", "", "#", "prices", "a.b.c.d.e.f", "brand-category"]);
                 let mut body = self.valid_request("price");
-                let (what, body) = if round % 2 == 0 {
+                let (what, body) = if round.is_multiple_of(2) {
                     body["invalidationType"] = json!("REFUND");
                     ("an unknown type", text(&body))
                 } else {
@@ -1454,7 +1456,7 @@ impl Gen {
                     ("PROMOTION", "promotion"),
                 ]);
                 let mut body = self.valid_request(lane);
-                let (what, body, class) = if round % 2 == 0 {
+                let (what, body, class) = if round.is_multiple_of(2) {
                     body["invalidationType"] = json!("REFUND");
                     ("an unknown type", text(&body), "unknown_type")
                 } else {
