@@ -510,6 +510,10 @@ pub enum PublishError {
     /// permissions problem an operator must fix, said in plain words.
     #[error("{0}")]
     AccessRefused(crate::access::Refusal),
+    /// An exchange name or routing key over AMQP's 255 bytes: nothing was
+    /// sent (the broker could not route it anywhere).
+    #[error("the {what} has {len} bytes; AMQP allows at most 255, so nothing was sent")]
+    TooLong { what: &'static str, len: usize },
 }
 
 impl PublishError {
@@ -631,13 +635,23 @@ impl Publisher {
         Ok(ch)
     }
 
-    /// Publishes and waits for the broker's confirm.
+    /// Publishes and waits for the broker's confirm. An exchange name or
+    /// routing key longer than AMQP allows (255 bytes) is an error, never a
+    /// panic: a routing key may come from a message's headers.
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        let too_long = |what: &'static str, name: &str| PublishError::TooLong {
+            what,
+            len: name.len(),
+        };
+        let exchange =
+            ShortString::try_new(msg.exchange).map_err(|_| too_long("exchange", msg.exchange))?;
+        let routing_key = ShortString::try_new(msg.routing_key)
+            .map_err(|_| too_long("routing key", msg.routing_key))?;
         let ch = self.channel().await?;
         let confirm = ch
             .basic_publish(
-                msg.exchange.into(),
-                msg.routing_key.into(),
+                exchange,
+                routing_key,
                 BasicPublishOptions {
                     mandatory: msg.mandatory,
                     ..Default::default()

@@ -153,10 +153,10 @@ pub fn connect_failure(url: &str, e: &sqlx::Error) -> String {
             match tls::hint(Service::PostgreSql, &why) {
                 Some(hint) => format!("cannot connect to PostgreSQL at {shown}: {why}. {hint}."),
                 None => format!(
-            "cannot connect to PostgreSQL at {shown}: {e}. Is it running? Start it with \
+                    "cannot connect to PostgreSQL at {shown}: {e}. Is it running? Start it with \
              `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
              (or `scripts/services.sh`), or point DATABASE_URL at it."
-        ),
+                ),
             }
         }
     }

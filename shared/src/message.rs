@@ -535,11 +535,26 @@ impl RequestEvent {
             .unwrap_or_else(|| derived_request_id(body))
     }
 
-    /// The event's AMQP message id, for consumers that de-duplicate.
+    /// The event's AMQP message id, for consumers that de-duplicate. An
+    /// AMQP short string (at most [`MAX_MESSAGE_ID`] bytes) whatever the
+    /// producer put in `requestId`: a request id that would make it longer
+    /// (a dead-lettered body may carry any) is replaced by its digest.
     pub fn event_id(&self) -> String {
-        format!("{}/{}/{}", self.event, self.request_id, self.time)
+        let id = format!("{}/{}/{}", self.event, self.request_id, self.time);
+        if id.len() <= MAX_MESSAGE_ID {
+            return id;
+        }
+        format!(
+            "{}/digest-{}/{}",
+            self.event,
+            digest(self.request_id.as_bytes()),
+            self.time
+        )
     }
 }
+
+/// The longest AMQP short string (a message id, a routing key): 255 bytes.
+pub const MAX_MESSAGE_ID: usize = 255;
 
 /// Milliseconds since the epoch, now.
 pub fn now_millis() -> i64 {
@@ -554,6 +569,42 @@ pub fn new_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_id_is_a_short_string_whatever_the_request_id() {
+        let event = |request_id: String| RequestEvent {
+            v: 1,
+            event: RequestEvent::DEAD_LETTERED.into(),
+            request_id,
+            class: "invalid_message".into(),
+            message: "requestId too long".into(),
+            queue: "invalidation.requests.fast.dlq".into(),
+            original_queue: "invalidation.requests.fast".into(),
+            original_exchange: None,
+            original_routing_key: None,
+            message_id: None,
+            worker: "dispatcher@host".into(),
+            time: i64::MIN,
+        };
+        assert_eq!(
+            event("r-1".into()).event_id(),
+            format!("request.dead_lettered/r-1/{}", i64::MIN)
+        );
+        // A 10,000-character requestId (the hostile corpus's) once made
+        // the event's message id panic in `ShortString::from`.
+        for n in [200, 255, 256, 10_000] {
+            let long = event("r".repeat(n));
+            let id = long.event_id();
+            assert!(id.len() <= MAX_MESSAGE_ID, "{n}: {} bytes", id.len());
+            assert!(
+                crate::lapin::types::ShortString::try_new(id.clone()).is_ok(),
+                "{n}"
+            );
+            // Still one id per request: stable, and distinct from another's.
+            assert_eq!(id, long.event_id());
+            assert_ne!(id, event("s".repeat(n)).event_id());
+        }
+    }
 
     #[test]
     fn decodes_the_seed_example_and_ignores_unknown_fields() {

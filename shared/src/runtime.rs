@@ -28,7 +28,7 @@ use deadpool_lapin::lapin::message::Delivery;
 use deadpool_lapin::lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
-use deadpool_lapin::lapin::types::FieldTable;
+use deadpool_lapin::lapin::types::{FieldTable, ShortString};
 use deadpool_lapin::lapin::BasicProperties;
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
@@ -111,7 +111,7 @@ impl HandlerError {
 impl From<PublishError> for HandlerError {
     fn from(e: PublishError) -> Self {
         let class = match e {
-            PublishError::Unroutable { .. } => "unroutable",
+            PublishError::Unroutable { .. } | PublishError::TooLong { .. } => "unroutable",
             PublishError::AccessRefused(_) => "access_refused",
             _ => "broker",
         };
@@ -960,8 +960,12 @@ pub async fn publish_event(ctx: &Context, event: &RequestEvent) {
     let mut out = Outgoing::json(names::EVENTS, name, &body);
     out.properties = out
         .properties
-        .with_message_id(event.event_id().into())
         .with_timestamp(u64::try_from(event.time / 1000).unwrap_or(0));
+    // `event_id` is bounded to a short string; never a panic here (outside
+    // the handler's guard, after the ack) if that ever changed.
+    if let Ok(id) = ShortString::try_new(event.event_id()) {
+        out.properties = out.properties.with_message_id(id);
+    }
     match ctx.publisher.publish(out).await {
         Ok(()) => telemetry::request_event(name, true),
         Err(error) => {

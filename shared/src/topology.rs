@@ -454,6 +454,9 @@ impl Topology {
     }
 }
 
+/// The longest routing key AMQP carries (a short string), in bytes.
+pub const MAX_ROUTING_KEY: usize = 255;
+
 /// How many alternate exchanges [`Topology::route`] follows before it
 /// gives up (a cycle of alternate exchanges would otherwise never end).
 const MAX_ALTERNATE_HOPS: usize = 8;
@@ -512,12 +515,29 @@ impl Topology {
     /// re-routes from, the partition queue, the source queues). Never the
     /// outbound exchange, the events, the parking or dead-letter queues, nor
     /// back into the retry path. The error says why.
+    ///
+    /// A routing key that no producer could have published with — over
+    /// AMQP's 255 bytes, or with a control character (NUL …) — is refused
+    /// whatever it would reach: the alternate exchange would take it to the
+    /// unroutable queue, but such a key comes only from forged headers, and
+    /// the fleet never publishes it.
     pub fn allows_return(&self, exchange: &str, routing_key: &str) -> Result<(), String> {
         let shown = if exchange.is_empty() {
             "the default exchange".to_string()
         } else {
             format!("exchange {exchange:?}")
         };
+        if routing_key.len() > MAX_ROUTING_KEY {
+            return Err(format!(
+                "the routing key has {} bytes, more than AMQP's {MAX_ROUTING_KEY}: no producer published it",
+                routing_key.len()
+            ));
+        }
+        if routing_key.chars().any(char::is_control) {
+            return Err(format!(
+                "routing key {routing_key:?} has a control character: no lane, source or partition key has one"
+            ));
+        }
         let Some(queues) = self.route(exchange, routing_key) else {
             return Err(format!(
                 "{shown} is not in the topology: retried messages only go back to the fleet's own input queues"
@@ -1337,6 +1357,31 @@ mod tests {
                 "{e}"
             );
         }
+        // Keys only forged headers carry: never published, although the
+        // alternate exchange would take them to the unroutable queue.
+        let long = "p".repeat(MAX_ROUTING_KEY + 1);
+        for (exchange, key) in [
+            (names::REQUESTS, "price\0"),
+            (names::REQUESTS, "\0"),
+            (names::REQUESTS, "price\n"),
+            (names::REQUESTS, long.as_str()),
+            ("", "invalidation.requests.fast\0"),
+        ] {
+            let e = t.allows_return(exchange, key).unwrap_err();
+            assert!(
+                e.contains("control character") || e.contains("bytes"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            t.allows_return(names::REQUESTS, &"p".repeat(MAX_ROUTING_KEY)),
+            Ok(())
+        );
+        for (exchange, key) in [(names::REQUESTS, "#"), (names::REQUESTS, "*")] {
+            assert_eq!(t.allows_return(exchange, key), Ok(()), "{exchange} {key}");
+        }
+        let e = t.allows_return("no.such.exchange", "x").unwrap_err();
+        assert!(e.contains("not in the topology"), "{e}");
     }
 
     #[test]
@@ -1344,6 +1389,10 @@ mod tests {
         let t = builtin(&Config::default());
         let mut expected: BTreeSet<String> = [
             names::REQUESTS,
+            // The alternate exchange's own: its queue is consumed (the
+            // dispatcher re-routes what it holds), like README's
+            // Least privilege table says.
+            names::UNROUTABLE,
             names::PARTITIONS,
             crate::access::DEFAULT_EXCHANGE,
         ]

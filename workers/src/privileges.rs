@@ -172,7 +172,11 @@ mod tests {
         );
         assert_eq!(
             d.write,
-            set(&[&[names::OUTBOUND, names::PARTITIONS, names::REQUESTS][..], &failure[..]].concat())
+            set(&[
+                &[names::OUTBOUND, names::PARTITIONS, names::REQUESTS][..],
+                &failure[..]
+            ]
+            .concat())
         );
         let p = r(WorkerKind::Partition);
         assert_eq!(p.read, set(&[names::PARTITIONS]));

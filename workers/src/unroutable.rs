@@ -34,15 +34,26 @@ struct TypeOnly {
     invalidation_type: InvalidationType,
 }
 
+/// What the lane rule makes of a message in `invalidation.unroutable`
+/// published with `routing_key`: its body's type decides when it has one
+/// ([`Lanes::unroutable`]). The hostile corpus's offline check calls this too.
+pub fn verdict(lanes: &Lanes, routing_key: &str, body: &[u8], rerouted: bool) -> Verdict {
+    let t = serde_json::from_slice::<TypeOnly>(body)
+        .ok()
+        .map(|b| b.invalidation_type);
+    lanes.unroutable(routing_key, t, rerouted)
+}
+
 impl Handler for Unroutable {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
-        let t = serde_json::from_slice::<TypeOnly>(msg.body())
-            .ok()
-            .map(|b| b.invalidation_type);
-        match self
-            .lanes
-            .unroutable(msg.delivery.routing_key.as_str(), t, lanes::rerouted(msg))
-        {
+        // The body's size was checked by the runtime before this handler
+        // (`body_too_large`, like on the lanes): nothing larger is decoded.
+        match verdict(
+            &self.lanes,
+            msg.delivery.routing_key.as_str(),
+            msg.body(),
+            lanes::rerouted(msg),
+        ) {
             Verdict::Reroute(key) => lanes::reroute(&self.ctx, msg, &key).await,
             Verdict::Refuse(class, why) => Err(HandlerError::permanent(class, why)),
             // Not a verdict for this queue; never acked without an end.

@@ -3,9 +3,11 @@
 //! spoofed messages for every queue the fleet consumes, fed to the real
 //! `fleet` workers interleaved with good messages. Each bad message must end
 //! where its case says (a dead-letter queue with its reason, the parking
-//! queue, or the unroutable queue), each tolerated one must be done, every
+//! queue, or re-routed to another lane), each tolerated one must be done, every
 //! good message must complete, and no worker may panic, stall, leave a
-//! message unacked or grow past its memory bound.
+//! message unacked or grow past its memory bound. A message the lane rule
+//! re-routes (from the other lane, or from `invalidation.unroutable`, which
+//! the dispatcher consumes) is followed to its end on its type's lane.
 //!
 //! Regenerate the generated part after changing the generator:
 //! `HOSTILE_CORPUS_BLESS=1 cargo test -p fleet-workers --test it hostile::corpus_files_are_up_to_date`
@@ -24,10 +26,14 @@ use fleet_shared::config::Config;
 use fleet_shared::lapin::options::BasicPublishOptions;
 use fleet_shared::lapin::BasicProperties;
 use fleet_shared::message::now_millis;
+use fleet_shared::message::InvalidationRequest;
 use fleet_shared::source::SourceKind;
 use fleet_shared::topology::names;
+use fleet_shared::topology::Topology;
 use fleet_shared::window;
 use fleet_workers::dispatcher::{admit, validate};
+use fleet_workers::lanes::{Lanes, Verdict};
+use fleet_workers::unroutable;
 
 use crate::common::*;
 use corpus::{Case, Expect};
@@ -36,6 +42,7 @@ use corpus::{Case, Expect};
 const CONSUMED: &[&str] = &[
     "invalidation.requests.fast",
     "invalidation.requests.bulk",
+    "invalidation.unroutable",
     "invalidation.partitions",
     "invalidation.retry.ready",
     "source.price",
@@ -50,7 +57,11 @@ const CONSUMED: &[&str] = &[
 const WORKERS: &[(&str, &[&str])] = &[
     (
         "dispatcher",
-        &["invalidation.requests.fast", "invalidation.requests.bulk"],
+        &[
+            "invalidation.requests.fast",
+            "invalidation.requests.bulk",
+            "invalidation.unroutable",
+        ],
     ),
     ("partition", &["invalidation.partitions"]),
     ("retry", &["invalidation.retry.ready"]),
@@ -68,10 +79,14 @@ const WORKERS: &[(&str, &[&str])] = &[
 ];
 
 /// The memory bound of one worker process (its peak resident set,
-/// `VmHWM`). A worker holds at most its prefetch of deliveries (32 in the
-/// tests, each at most `worker.max_body_bytes` = 1 MiB, refused before
-/// decoding when larger) plus the decoded requests; measured peaks are
-/// printed by the test.
+/// `VmHWM`). A worker holds at most its prefetch of deliveries per queue
+/// (in the tests 32, the partition worker 4, the dispatcher 256 on each of
+/// its three queues; a body over `worker.max_body_bytes` = 1 MiB is
+/// refused before decoding, though the broker has sent it whole) plus the
+/// decoded requests; measured peaks are printed by the test (the
+/// dispatcher ~75 MiB, the others ~55 MiB). A worker that panics with
+/// `RUST_BACKTRACE` set symbolises its backtrace from the debug binary,
+/// which alone took the dispatcher to ~300 MiB: the bound catches that too.
 const MEMORY_BOUND_KIB: u64 = 256 * 1024;
 
 // ------------------------------------------------------------ the files
@@ -205,10 +220,49 @@ fn corpus_is_large_well_formed_and_covers_every_consumed_queue() {
     assert!(oversized >= CONSUMED.len(), "{oversized} oversized bodies");
 }
 
-/// The end a case reaches on its first queue, computed with the same
-/// functions the workers call (no broker, no database): where that is
-/// decidable offline, the corpus's expectation must agree with it.
-fn offline_end(c: &Case, config: &Config, now: i64) -> Option<Result<(), String>> {
+/// The end a case reaches, computed with the same functions the workers
+/// call (no broker, no database): where that is decidable offline, the
+/// corpus's expectation must agree with it. With the routing key the lane
+/// rule re-routes it with, if it does.
+fn offline_end(
+    c: &Case,
+    config: &Config,
+    lanes: &Lanes,
+    now: i64,
+) -> Option<(Option<String>, Result<(), String>)> {
+    let body = c.bytes();
+    let queue = c.queue();
+    let rerouted = c.headers.contains_key(headers::REROUTED_FROM);
+    if body.len() > config.worker.max_body_bytes && CONSUMED.contains(&queue) {
+        return Some((None, Err("body_too_large".into())));
+    }
+    let admitted = || {
+        admit(config, &body, None, now, |_| {})
+            .map(|_| ())
+            .map_err(|e| e.class().to_string())
+    };
+    if queue == names::UNROUTABLE {
+        return match unroutable::verdict(lanes, &c.routing_key, &body, rerouted) {
+            Verdict::Reroute(key) => Some((Some(key), admitted())),
+            Verdict::Refuse(class, _) => Some((None, Err(class.to_string()))),
+            Verdict::Here => Some((None, Err("no verdict".into()))),
+        };
+    }
+    if queue.starts_with("invalidation.requests.") {
+        // The dispatcher decodes first, then applies the lane rule.
+        if let Ok(r) = InvalidationRequest::decode(&body) {
+            match lanes.on_lane(queue, r.invalidation_type, rerouted) {
+                Verdict::Reroute(key) => return Some((Some(key), admitted())),
+                Verdict::Refuse(class, _) => return Some((None, Err(class.to_string()))),
+                Verdict::Here => {}
+            }
+        }
+    }
+    offline_on_queue(c, config, now).map(|end| (None, end))
+}
+
+/// What the worker of the case's first queue makes of it.
+fn offline_on_queue(c: &Case, config: &Config, now: i64) -> Option<Result<(), String>> {
     let body = c.bytes();
     let queue = c.queue();
     let window_start = header_text(Some(&c.field_table()), headers::WINDOW_START)
@@ -273,15 +327,27 @@ fn offline_end(c: &Case, config: &Config, now: i64) -> Option<Result<(), String>
 #[test]
 fn corpus_expectations_agree_with_the_decoders_and_validation() {
     let config = test_config();
+    let lanes = Lanes::new(Topology::load(&config).unwrap());
     let now = now_millis();
     let mut wrong = Vec::new();
     let mut checked = 0;
     for c in corpus::all() {
-        let Some(end) = offline_end(&c, &config, now) else {
+        let Some((key, end)) = offline_end(&c, &config, &lanes, now) else {
             continue;
         };
         checked += 1;
-        let expected = match &c.expect {
+        let expected_key = match &c.expect {
+            Expect::Rerouted { key, .. } => Some(key.clone()),
+            _ => None,
+        };
+        if key != expected_key {
+            wrong.push(format!(
+                "{} ({}): expected re-routing to {expected_key:?}, the lane rule says {key:?}",
+                c.id, c.about
+            ));
+            continue;
+        }
+        let expected = match c.end() {
             Expect::DeadLetter { class, .. } => Err(class.clone()),
             Expect::Accepted { .. } => Ok(()),
             other => {
@@ -528,7 +594,7 @@ async fn every_hostile_message_ends_where_its_case_says_and_the_fleet_keeps_work
         if let Expect::Accepted {
             queue: Some(q),
             ids,
-        } = &c.expect
+        } = c.end()
         {
             expected_out.entry(q.clone()).or_default().extend(ids);
         }
@@ -557,13 +623,12 @@ async fn every_hostile_message_ends_where_its_case_says_and_the_fleet_keeps_work
 
     // Where each case must end.
     let mut dead: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut parked, mut unroutable) = (0, 0);
+    let mut parked = 0;
     for c in &cases {
-        match &c.expect {
+        match c.end() {
             Expect::DeadLetter { queue, .. } => *dead.entry(queue.clone()).or_default() += 1,
             Expect::Parked { .. } => parked += 1,
-            Expect::Unroutable => unroutable += 1,
-            Expect::Accepted { .. } => {}
+            Expect::Accepted { .. } | Expect::Rerouted { .. } => {}
         }
     }
     // Every dead-letter queue is read, expected or not: a good message
@@ -592,10 +657,6 @@ async fn every_hostile_message_ends_where_its_case_says_and_the_fleet_keeps_work
         .take(names::PARKED, parked, Duration::from_secs(30))
         .await;
     take_all(names::PARKED.into(), got);
-    let got = env
-        .take(names::UNROUTABLE, unroutable, Duration::from_secs(10))
-        .await;
-    take_all(names::UNROUTABLE.into(), got);
     let outbound = collect_outbound(&env, &expected_out, Duration::from_secs(60)).await;
     let settled = started.elapsed();
 
@@ -662,7 +723,13 @@ async fn every_hostile_message_ends_where_its_case_says_and_the_fleet_keeps_work
         *per_queue.entry(c.queue()).or_default() += 1;
         let got = arrived.remove(&c.id);
         let body = c.bytes();
-        match (&c.expect, got) {
+        // Where a dead letter says it was published: where the case was,
+        // or, once re-routed, the request exchange with the key of its lane.
+        let (origin_exchange, origin_key, rerouted) = match &c.expect {
+            Expect::Rerouted { key, .. } => (names::REQUESTS, key.as_str(), true),
+            _ => (c.exchange.as_str(), c.routing_key.as_str(), false),
+        };
+        match (c.end(), got) {
             (Expect::DeadLetter { queue, class }, Some((q, m))) => {
                 let got_class = header(&m, headers::ERROR_CLASS);
                 if &q != queue || &got_class != class {
@@ -674,9 +741,14 @@ async fn every_hostile_message_ends_where_its_case_says_and_the_fleet_keeps_work
                     ));
                 } else if m.body != body {
                     failures.push(format!("{}: dead letter body changed", c.id));
+                } else if rerouted && header(&m, headers::REROUTED_FROM).is_empty() {
+                    failures.push(format!(
+                        "{}: dead-lettered on its lane without x-rerouted-from",
+                        c.id
+                    ));
                 } else if c.queue() != names::RETRY_READY
-                    && (header(&m, headers::ORIGINAL_EXCHANGE) != c.exchange
-                        || header(&m, headers::ORIGINAL_ROUTING_KEY) != c.routing_key)
+                    && (header(&m, headers::ORIGINAL_EXCHANGE) != origin_exchange
+                        || header(&m, headers::ORIGINAL_ROUTING_KEY) != origin_key)
                 {
                     failures.push(format!(
                         "{}: origin headers {:?} / {:?} are not where it was published",
@@ -697,7 +769,6 @@ async fn every_hostile_message_ends_where_its_case_says_and_the_fleet_keeps_work
                     ));
                 }
             }
-            (Expect::Unroutable, Some((q, _))) if q == names::UNROUTABLE => {}
             (Expect::Accepted { queue, ids }, None) => {
                 if let Some(q) = queue {
                     let missing: Vec<&i64> = ids
@@ -722,7 +793,7 @@ async fn every_hostile_message_ends_where_its_case_says_and_the_fleet_keeps_work
                         header(&m, headers::ERROR_CLASS),
                         header(&m, headers::ERROR_MESSAGE)
                     ),
-                    None => "nothing (not dead-lettered, parked or unroutable)".into(),
+                    None => "nothing (not dead-lettered or parked)".into(),
                 }
             )),
         }

@@ -11,6 +11,10 @@
 //! (`prefix` + `unit` × `times` + `suffix`: how the oversized bodies and huge
 //! arrays stay a few bytes on disk).
 //!
+//! Nothing ends in `invalidation.unroutable` any more: the dispatcher
+//! consumes it (the lane rule), re-routing by type or dead-lettering to
+//! `invalidation.unroutable.dlq` (`unknown_routing_key`).
+//!
 //! Header values: JSON strings are AMQP long strings, integers long-long
 //! ints, floats doubles, booleans booleans, `null` void, arrays field
 //! arrays, objects field tables — except `{"$hex": ".."}`, a long string
@@ -65,9 +69,15 @@ pub enum Expect {
     /// Parked by the retry handler (`invalidation.parked`), with an
     /// `x-park-reason` starting with `reason`.
     Parked { reason: String },
-    /// Never reaches a worker: the request exchange's alternate exchange
-    /// takes it to `invalidation.unroutable`.
-    Unroutable,
+    /// Re-published once by the lane rule to `invalidation.requests` with
+    /// routing key `key` (its type's; for a body without a readable type,
+    /// its routing key in lower case) — from the other lane, or from
+    /// `invalidation.unroutable`, where the request exchange's alternate
+    /// exchange (or the retry handler returning it to a key no lane binds)
+    /// put it — and then ending on that key's lane as `then` says
+    /// (`accepted` or `dead_letter`, the dead letter's origin naming `key`
+    /// and `x-rerouted-from` saying where it was).
+    Rerouted { key: String, then: Box<Expect> },
     /// Tolerated (SPEC §4: unknown fields are ignored) and done. When
     /// `queue` is given, every id of `ids` arrives there.
     Accepted {
@@ -79,6 +89,16 @@ pub enum Expect {
 }
 
 impl Case {
+    /// The end the case reaches at last: for a re-routed one, its end on
+    /// the lane it was re-routed to.
+    pub fn end(&self) -> &Expect {
+        let mut e = &self.expect;
+        while let Expect::Rerouted { then, .. } = e {
+            e = then;
+        }
+        e
+    }
+
     /// The body's bytes.
     pub fn bytes(&self) -> Vec<u8> {
         match (&self.body, &self.body_hex, &self.body_repeat) {

@@ -187,7 +187,7 @@ pub fn generate() -> Vec<Case> {
             g.push(&format!("source-{source}"), m);
         }
     }
-    for round in 0..12 {
+    for round in 0..44 {
         let m = g.unroutable_case(round);
         g.push("unroutable", m);
     }
@@ -896,12 +896,28 @@ impl Gen {
                         ("invalidation.requests", "price\u{0000}"),
                         ("invalidation.requests\u{0000}", "price"),
                     ]);
-                    (
-                        format!("forbidden destination {exchange:?} / {key:?}"),
-                        origin(exchange, key),
-                        text(&base),
-                        ready.dead("forbidden_destination"),
-                    )
+                    if exchange == "invalidation.requests" && (key == "refund" || key == "#") {
+                        // A key no lane binds, on the request exchange: its
+                        // alternate exchange takes it to the unroutable
+                        // queue, whose consumer re-routes it by its type.
+                        let (body, then) = self.accepted_request(rk);
+                        (
+                            format!("sent back to {exchange:?} / {key:?}, which no lane binds"),
+                            origin(exchange, key),
+                            text(&body),
+                            Expect::Rerouted {
+                                key: rk.into(),
+                                then: Box::new(then),
+                            },
+                        )
+                    } else {
+                        (
+                            format!("forbidden destination {exchange:?} / {key:?}"),
+                            origin(exchange, key),
+                            text(&base),
+                            ready.dead("forbidden_destination"),
+                        )
+                    }
                 }
                 3 => {
                     // An allowed origin: it goes back, and the lane refuses it.
@@ -1330,6 +1346,27 @@ impl Gen {
         (v, Some(outbound(rk, key)), ids)
     }
 
+    /// A valid request of type `rk` with fresh content ids, and the
+    /// outbound queue they must reach.
+    fn accepted_request(&mut self, rk: &str) -> (Value, Expect) {
+        let mut body = self.valid_request(rk);
+        let n = 1 + self.rng.below(3);
+        let ids = self.fresh_ids(n);
+        body["parameterIds"] = json!(ids);
+        // `unwrap`: `valid_request` names one index key.
+        let key = body["indexKeys"][0].as_str().unwrap().to_string();
+        let expect = Expect::Accepted {
+            queue: Some(outbound(rk, &key)),
+            ids,
+        };
+        (body, expect)
+    }
+
+    /// A message published with a routing key no lane binds: the alternate
+    /// exchange takes it to `invalidation.unroutable`, which the dispatcher
+    /// consumes. By the lane rule it is re-routed to the lane of its type
+    /// (or of its key in lower case when the body has no readable type),
+    /// else dead-lettered there as `unknown_routing_key`.
     fn unroutable_case(&mut self, round: usize) -> Msg {
         let keys = [
             "refund",
@@ -1345,15 +1382,148 @@ impl Gen {
             "brand-category",
             "a.b.c.d.e.f",
         ];
-        let key = keys[round % keys.len()];
-        let body = self.valid_request("price");
-        Msg {
-            about: format!("routing key {key:?} matches no lane"),
+        let unroutable = Target {
             exchange: "invalidation.requests".into(),
-            routing_key: key.into(),
-            headers: BTreeMap::new(),
-            body: text(&body),
-            expect: Expect::Unroutable,
+            routing_key: String::new(),
+            dlq: "invalidation.unroutable.dlq".into(),
+        };
+        let rerouted = |key: &str, then: Expect| Expect::Rerouted {
+            key: key.into(),
+            then: Box::new(then),
+        };
+        let lane_dlq = |key: &str| {
+            if FAST_KEYS.contains(&key) {
+                "invalidation.requests.fast.dlq".to_string()
+            } else {
+                "invalidation.requests.bulk.dlq".to_string()
+            }
+        };
+        let mut headers = BTreeMap::new();
+        let (about, key, body, expect): (String, String, Body, Expect) = match round {
+            // A request of its own type: re-routed by the type.
+            0..=23 => {
+                let key = keys[round % keys.len()];
+                let rk = if round < 12 {
+                    "price"
+                } else {
+                    *self.rng.pick(if round.is_multiple_of(2) {
+                        FAST_KEYS
+                    } else {
+                        BULK_KEYS
+                    })
+                };
+                let (body, then) = self.accepted_request(rk);
+                (
+                    format!(
+                        "routing key {key:?} matches no lane; the type {} does",
+                        upper(rk)
+                    ),
+                    key.into(),
+                    text(&body),
+                    rerouted(rk, then),
+                )
+            }
+            // No readable type and a key that matches no lane in any case.
+            24..=29 => {
+                let key =
+                    *self
+                        .rng
+                        .pick(&["refund", "", "#", "prices", "a.b.c.d.e.f", "brand-category"]);
+                let mut body = self.valid_request("price");
+                let (what, body) = if round.is_multiple_of(2) {
+                    body["invalidationType"] = json!("REFUND");
+                    ("an unknown type", text(&body))
+                } else {
+                    let b = serde_json::to_vec(&body).unwrap();
+                    ("a truncated body", raw(b[..b.len() / 2].to_vec()))
+                };
+                (
+                    format!("routing key {key:?} matches no lane, and {what} names none"),
+                    key.into(),
+                    body,
+                    unroutable.dead("unknown_routing_key"),
+                )
+            }
+            // No readable type, but the key in lower case is a lane's: it
+            // goes there, and the lane refuses the body.
+            30..=35 => {
+                let (key, lane) = *self.rng.pick(&[
+                    ("PRICE", "price"),
+                    ("Stock", "stock"),
+                    ("price ", "price"),
+                    ("BRAND_CATEGORY", "brand_category"),
+                    ("Tag", "tag"),
+                    ("PROMOTION", "promotion"),
+                ]);
+                let mut body = self.valid_request(lane);
+                let (what, body, class) = if round.is_multiple_of(2) {
+                    body["invalidationType"] = json!("REFUND");
+                    ("an unknown type", text(&body), "unknown_type")
+                } else {
+                    let b = serde_json::to_vec(&body).unwrap();
+                    (
+                        "a truncated body",
+                        raw(b[..b.len() / 2].to_vec()),
+                        "malformed_json",
+                    )
+                };
+                (
+                    format!(
+                        "routing key {key:?} in lower case is a lane's; {what} is refused there"
+                    ),
+                    key.into(),
+                    body,
+                    rerouted(
+                        lane,
+                        Expect::DeadLetter {
+                            queue: lane_dlq(lane),
+                            class: class.into(),
+                        },
+                    ),
+                )
+            }
+            // A forged `x-rerouted-from`: taken at its word, so the message
+            // is not re-routed again (no loop), but dead-lettered.
+            36..=39 => {
+                let key = keys[round % keys.len()];
+                headers.insert(
+                    "x-rerouted-from".to_string(),
+                    json!("invalidation.requests.fast (forged)"),
+                );
+                let body = self.valid_request("price");
+                (
+                    format!("routing key {key:?} with a forged x-rerouted-from"),
+                    key.into(),
+                    text(&body),
+                    unroutable.dead("unknown_routing_key"),
+                )
+            }
+            // Over `worker.max_body_bytes`: refused before anything decodes it.
+            _ => {
+                let key = keys[round % keys.len()];
+                let body = self.valid_request("price");
+                let s = serde_json::to_string(&body).unwrap();
+                let prefix = format!("{},\"pad\":\"", &s[..s.len() - 1]);
+                (
+                    format!("routing key {key:?} matches no lane, body over worker.max_body_bytes"),
+                    key.into(),
+                    Body::Repeat(Repeat {
+                        prefix,
+                        unit: "x".into(),
+                        times: OVERSIZED,
+                        suffix: "\"}".into(),
+                    }),
+                    unroutable.dead("body_too_large"),
+                )
+            }
+        };
+        Msg {
+            about,
+            exchange: unroutable.exchange,
+            routing_key: key,
+            headers,
+            body,
+            expect,
         }
     }
 }
