@@ -16,7 +16,7 @@ status=0
 # services; the fuzz run itself comes after them.
 cargo test --workspace --locked --lib --bins --tests --no-run
 fuzz_build_log="$(mktemp)"
-FUZZ_STEP=build scripts/fuzz.sh >"$fuzz_build_log" 2>&1 &
+FUZZ_STEP=build nice -n 19 scripts/fuzz.sh >"$fuzz_build_log" 2>&1 &
 fuzz_build=$!
 cargo test --workspace --locked --lib --bins --tests -- --test-threads "${TEST_THREADS:-6}" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary.
