@@ -677,12 +677,27 @@ async fn killing_a_partition_worker_mid_job_loses_nothing() {
     assert_eq!(ids, expected, "every id arrives despite the kill");
     let job = completed_job(&pool, id, Duration::from_secs(30)).await;
     assert_eq!(job.task_count as usize, done(pool.clone()).await);
-    let events: Vec<_> = completion_events(&env)
-        .await
-        .into_iter()
-        .filter(|e| e.job_id == id)
-        .collect();
-    assert_eq!(events.len(), 1);
+    // The announcement follows the completion's commit: wait for it (the
+    // sweeper's re-announce is minutes away, so a missing one still fails).
+    let mut events: Vec<JobCompleted> = Vec::new();
+    let waiting = std::time::Instant::now();
+    while events.is_empty() && waiting.elapsed() < Duration::from_secs(20) {
+        events.extend(
+            completion_events(&env)
+                .await
+                .into_iter()
+                .filter(|e| e.job_id == id),
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    events.extend(
+        completion_events(&env)
+            .await
+            .into_iter()
+            .filter(|e| e.job_id == id),
+    );
+    assert_eq!(events.len(), 1, "exactly one completion event");
     worker.kill().await.unwrap();
     dispatcher.stop().await.unwrap();
 }
