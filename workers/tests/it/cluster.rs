@@ -433,10 +433,20 @@ async fn a_node_of_the_cluster_stops_and_comes_back_under_load_and_nothing_is_lo
     let (_pc, publish) = channel_on(&cluster.node_url(safe)).await;
     // The last request the broker confirmed.
     let confirmed = Arc::new(AtomicI64::new(0));
+    // The producer holds its second part back until the node is down (a
+    // stop can take longer than publishing everything), so some requests
+    // are certain to be published after the stop.
+    let node_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = tokio::spawn({
         let confirmed = confirmed.clone();
+        let node_down = node_down.clone();
         async move {
             for id in 1..=REQUESTS {
+                if id == REQUESTS / 2 {
+                    while !node_down.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 let confirm = publish
                     .basic_publish(
                         names::REQUESTS.into(),
@@ -478,6 +488,7 @@ async fn a_node_of_the_cluster_stops_and_comes_back_under_load_and_nothing_is_lo
     cluster.stop_node(victim);
     // Requests published from here on can only go through the other nodes.
     let mark = confirmed.load(Ordering::SeqCst);
+    node_down.store(true, Ordering::SeqCst);
     println!(
         "stopped node {victim} ({lane_leader}) in {:?} with {before} ids in",
         stopping.elapsed()

@@ -473,7 +473,7 @@ async fn status_marks_a_lane_without_its_consumer_shows_dependencies_counts_proc
     let _ = env.db().await;
     // The management API lists a new connection within its statistics interval.
     let doc: Value = eventually(
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         "the worker's connections listed",
         || async {
             let out = fleet(&env, &["status", "--json"]).await;
@@ -484,7 +484,10 @@ async fn status_marks_a_lane_without_its_consumer_shows_dependencies_counts_proc
                 text(&out.stderr)
             );
             let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-            (!doc["processes"].as_array()?.is_empty()).then_some(doc)
+            // Its consumers come with the channel statistics, which can
+            // lag the connection by an interval.
+            let procs = doc["processes"].as_array()?;
+            (!procs.is_empty() && procs[0]["consumers"].as_u64()? >= 1).then_some(doc)
         },
     )
     .await;
