@@ -14,13 +14,7 @@ use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_763_856_000_000;
 
-const CLASSES: &[&str] = &[
-    "malformed_json",
-    "invalid_message",
-    "unsupported_version",
-    "unknown_type",
-    "unknown_index_key",
-];
+use fleet_shared::message::DECODE_CLASSES as CLASSES;
 
 fuzz_target!(|body: &[u8]| {
     let decoded = InvalidationRequest::decode(body);

@@ -15,13 +15,7 @@ use fleet_shared::source::SourceKind;
 use fleet_workers::dispatcher::validate;
 use libfuzzer_sys::fuzz_target;
 
-const CLASSES: &[&str] = &[
-    "malformed_json",
-    "invalid_message",
-    "unsupported_version",
-    "unknown_type",
-    "unknown_index_key",
-];
+use fleet_shared::message::DECODE_CLASSES as CLASSES;
 const LIMITS: &[usize] = &[10_000, 1, 2, 3, 7, 100];
 
 fuzz_target!(|data: &[u8]| {

@@ -12,13 +12,7 @@ use fleet_shared::message::PartitionTask;
 use fleet_shared::search::{terms_query, with_partition_range};
 use libfuzzer_sys::fuzz_target;
 
-const CLASSES: &[&str] = &[
-    "malformed_json",
-    "invalid_message",
-    "unsupported_version",
-    "unknown_type",
-    "unknown_index_key",
-];
+use fleet_shared::message::DECODE_CLASSES as CLASSES;
 
 fuzz_target!(|body: &[u8]| {
     match PartitionTask::decode(body) {

@@ -38,6 +38,16 @@ pub enum DecodeError {
     UnknownIndexKey { kind: &'static str, message: String },
 }
 
+/// Every class [`DecodeError::class`] can give, for callers that check a
+/// refusal's class against the documented set (the fuzz targets).
+pub const DECODE_CLASSES: &[&str] = &[
+    "malformed_json",
+    "invalid_message",
+    "unsupported_version",
+    "unknown_type",
+    "unknown_index_key",
+];
+
 impl DecodeError {
     /// Short machine-readable class, used in dead-letter headers and metrics.
     pub fn class(&self) -> &'static str {
