@@ -1,14 +1,20 @@
-//! (b) Fast lane: single-content requests end to end through the
-//! dispatcher, against a raw consume-and-republish relay ([`crate::relay`]).
+//! (b) Fast lane: how fast the dispatcher drains a fast lane pre-filled
+//! with single-content requests, first output to last id, next to two
+//! baselines draining the same request bodies on the same broker
+//! ([`crate::relay`]): the fastest honest relay (pipelined publishes,
+//! confirms awaited in batches, `multiple` acks) and the broker's
+//! consume-and-ack ceiling. Each is measured `--fast-rounds` times and the
+//! best round counts, for the fleet and the baselines alike.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use fleet_shared::broker;
 use fleet_shared::lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use fleet_shared::lapin::types::FieldTable;
-use fleet_shared::lapin::{BasicProperties, Confirmation, Connection};
+use fleet_shared::lapin::{BasicProperties, Channel, Confirmation, Connection};
 use fleet_shared::message::{now_millis, outbound_queue, InvalidationRequest, CURRENT_VERSION};
 use fleet_shared::topology::names;
 use futures::StreamExt;
@@ -16,14 +22,14 @@ use uuid::Uuid;
 
 use crate::counter::{join_counter, outbound_ids, request_ids, start_counter};
 use crate::relay;
-use crate::report::{rate, thousands, FastLane};
+use crate::report::{thousands, FastLane};
 use crate::run::{Options, FAST_TYPE, KEY};
 use crate::setup::BenchEnv;
-use crate::worker::Worker;
+use crate::worker::{PeakRss, Worker};
 
 /// Publishes `bodies` to `exchange`/`routing_key` as fast as the channel
 /// takes them, awaiting the confirms in bulk at the end (pipelined).
-async fn publish_pipelined(
+pub async fn publish_pipelined(
     conn: &Connection,
     exchange: &str,
     routing_key: &str,
@@ -60,7 +66,7 @@ async fn publish_pipelined(
     Ok(())
 }
 
-fn single_request(id: i64, run: &str, invalidation_time: i64) -> Vec<u8> {
+pub fn single_request(id: i64, run: &str, invalidation_time: i64) -> Vec<u8> {
     InvalidationRequest {
         v: CURRENT_VERSION,
         request_id: Some(format!("bench-fast-{run}-{id}")),
@@ -75,104 +81,141 @@ fn single_request(id: i64, run: &str, invalidation_time: i64) -> Vec<u8> {
     .encode()
 }
 
+/// Waits until `queue` holds `n` ready messages (the pre-fill arrived).
+async fn wait_ready(ch: &Channel, queue: &str, n: u64) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        let q = broker::inspect_queue(ch, queue)
+            .await
+            .with_context(|| format!("checking queue {queue}"))?;
+        if u64::from(q.message_count()) >= n {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{queue} did not fill up with {n} messages in 60 s")
+}
+
+async fn declare(ch: &Channel, queue: &str) -> anyhow::Result<()> {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .with_context(|| format!("declaring {queue}"))?;
+    ch.queue_purge(queue.into(), Default::default()).await?;
+    Ok(())
+}
+
 pub async fn fast_lane(
     env: &BenchEnv,
     opts: &Options,
     conn: &Connection,
-    worker: &mut Worker,
+    control: &Channel,
 ) -> anyhow::Result<FastLane> {
     let n = opts.fast_requests as u64;
     let prefetch = env.config().amqp.prefetch_for("dispatcher");
     eprintln!(
-        "\n(b) fast lane: {} single-content PRICE requests (prefetch {prefetch})…",
-        thousands(n as f64)
+        "\n(b) fast lane: drain {} pre-filled single-content PRICE requests, {} round(s) each: \
+         the dispatcher (prefetch {prefetch}), a pipelined relay, consume-and-ack…",
+        thousands(n as f64),
+        opts.fast_rounds
     );
-    let run = Uuid::new_v4().simple().to_string();
     let now = now_millis();
-
-    // The fleet: requests → dispatcher subprocess → outbound queue.
-    worker.check_alive()?;
-    let queue = outbound_queue(FAST_TYPE, KEY);
-    let counter = start_counter(conn, &queue, n, Duration::from_secs(60), outbound_ids).await?;
-    let t = Instant::now();
-    publish_pipelined(
-        conn,
-        names::REQUESTS,
-        &FAST_TYPE.snake(),
-        (1..=n as i64).map(|id| single_request(id, &run, now)),
-    )
-    .await
-    .context("publishing the fast-lane requests")?;
-    let publish_secs = t.elapsed().as_secs_f64();
-    let counted = join_counter(counter).await?;
-    let fleet_secs = counted.last_new.duration_since(t).as_secs_f64();
-    let fleet_messages = counted.messages;
-    eprintln!(
-        "  fleet: {} ids in {} outbound messages, {:.2} s ({} requests/s; publishing took {:.2} s).",
-        thousands(counted.distinct as f64),
-        counted.messages,
-        fleet_secs,
-        thousands(rate(counted.distinct, fleet_secs)),
-        publish_secs
-    );
-
-    // The baseline: a raw relay in → out, confirm then ack, same prefetch.
+    let bodies = |run: &str| -> Vec<Vec<u8>> {
+        (1..=n as i64).map(|id| single_request(id, run, now)).collect()
+    };
+    let url = env.config().amqp.url.clone();
+    let mut out = FastLane {
+        requests: n,
+        prefetch,
+        fleet: Vec::new(),
+        fleet_messages: 0,
+        relay: Vec::new(),
+        ceiling: Vec::new(),
+        dispatcher_peak_kib: 0,
+    };
     let relay_in = "fleet-bench.relay.in";
     let relay_out = "fleet-bench.relay.out";
-    let setup = conn.create_channel().await?;
-    for q in [relay_in, relay_out] {
-        setup
-            .queue_declare(
-                q.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("declaring {q}"))?;
+    let ceiling = "fleet-bench.ceiling";
+    for q in [relay_in, relay_out, ceiling] {
+        declare(control, q).await?;
     }
-    let _ = setup.close(200, "declared".into()).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(relay::raw_relay(
-        env.config().amqp.url.clone(),
-        relay_in,
-        relay_out,
-        prefetch,
-        stop.clone(),
-    ));
-    let counter = start_counter(conn, relay_out, n, Duration::from_secs(60), request_ids).await?;
-    let run = Uuid::new_v4().simple().to_string();
-    let t = Instant::now();
-    let published = publish_pipelined(
-        conn,
-        "",
-        relay_in,
-        (1..=n as i64).map(|id| single_request(id, &run, now)),
-    )
-    .await
-    .context("publishing to the relay");
-    let counted = match published {
-        Ok(()) => join_counter(counter).await,
-        Err(e) => Err(e),
-    };
-    stop.cancel();
-    let relayed = relay.await.context("the relay task panicked")?;
-    let counted = counted?;
-    relayed?;
-    let relay_secs = counted.last_new.duration_since(t).as_secs_f64();
-    eprintln!(
-        "  baseline: raw relay moved {} messages in {:.2} s ({} messages/s).",
-        thousands(counted.distinct as f64),
-        relay_secs,
-        thousands(rate(counted.distinct, relay_secs))
-    );
-    Ok(FastLane {
-        requests: n,
-        fleet_secs,
-        fleet_messages,
-        relay_secs,
-        prefetch,
-    })
+    for round in 1..=opts.fast_rounds {
+        // The broker's ceiling: consume and ack, nothing else.
+        let run = Uuid::new_v4().simple().to_string();
+        publish_pipelined(conn, "", ceiling, bodies(&run).into_iter()).await?;
+        wait_ready(control, ceiling, n).await?;
+        let drained = relay::consume_and_ack(&url, ceiling, prefetch, n).await?;
+        out.ceiling.push(drained.rate());
+
+        // The pipelined relay.
+        let run = Uuid::new_v4().simple().to_string();
+        publish_pipelined(conn, "", relay_in, bodies(&run).into_iter()).await?;
+        wait_ready(control, relay_in, n).await?;
+        let counter =
+            start_counter(conn, relay_out, n, Duration::from_secs(60), request_ids).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let relaying = tokio::spawn(relay::pipelined_relay(
+            url.clone(),
+            relay_in,
+            relay_out,
+            prefetch,
+            stop.clone(),
+        ));
+        let counted = join_counter(counter).await;
+        stop.cancel();
+        relaying.await.context("the relay task panicked")??;
+        out.relay.push(counted?.output_rate());
+
+        // The fleet: a dispatcher subprocess started on the full lane.
+        let run = Uuid::new_v4().simple().to_string();
+        publish_pipelined(
+            conn,
+            names::REQUESTS,
+            &FAST_TYPE.snake(),
+            bodies(&run).into_iter(),
+        )
+        .await
+        .context("pre-filling the fast lane")?;
+        wait_ready(control, names::FAST_LANE, n).await?;
+        let counter = start_counter(
+            conn,
+            &outbound_queue(FAST_TYPE, KEY),
+            n,
+            Duration::from_secs(60),
+            outbound_ids,
+        )
+        .await?;
+        let mut worker = Worker::spawn(
+            env,
+            &["dispatcher"],
+            &format!("fast-lane-dispatcher-{round}"),
+            None,
+        )
+        .await?;
+        let sampler = PeakRss::start(worker.pid);
+        let counted = join_counter(counter).await;
+        let peak = sampler.finish().await;
+        let alive = worker.check_alive();
+        worker.stop().await;
+        alive?;
+        let counted = counted?;
+        out.fleet.push(counted.output_rate());
+        out.dispatcher_peak_kib = out.dispatcher_peak_kib.max(peak);
+        out.fleet_messages = counted.messages;
+        eprintln!(
+            "  round {round}: dispatcher {} requests/s ({} outbound messages, peak RSS {}), \
+             relay {} msg/s, consume-and-ack {} msg/s.",
+            thousands(counted.output_rate()),
+            counted.messages,
+            crate::report::mib(peak),
+            thousands(out.relay[round - 1]),
+            thousands(out.ceiling[round - 1]),
+        );
+    }
+    Ok(out)
 }

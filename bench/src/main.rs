@@ -19,6 +19,7 @@ use fleet_workers::cli::Global;
 mod counter;
 mod fanout;
 mod fastlane;
+mod latency;
 mod memory;
 mod metrics;
 mod relay;
@@ -32,8 +33,8 @@ use run::{Concurrency, Part};
 /// The first argument that makes this binary the `fleet` command line.
 pub const FLEET: &str = "fleet";
 
-const ABOUT: &str = "Measure the fleet's fan-out, fast lane and worker memory against raw \
-baselines run in the same command (SPEC §10).";
+const ABOUT: &str = "Measure the fleet's fan-out, fast lane, worker memory and fast-lane latency \
+under load against baselines run in the same command (SPEC §10).";
 
 const AFTER: &str = "\
 Everything runs in a private vhost, database and Redis key prefix that are removed at the end; \
@@ -43,7 +44,7 @@ documents/s to load and several GB of RAM for 250,000 documents).
 
 Examples:
   fleet-bench                                  the full run (250,000 documents)
-  fleet-bench --docs 20000 --fast-requests 1000   a quick run
+  fleet-bench --docs 20000 --fast-requests 5000 --memory-large-ids 100000   a quick run
   fleet-bench --parts memory                   only the memory measurement
 
 The last thing printed is a markdown table with the command line, for docs/BENCHMARKS.md.";
@@ -91,18 +92,33 @@ struct BenchArgs {
         value_name = "LIST"
     )]
     concurrency: Vec<Concurrency>,
-    /// Single-content requests sent through the fast lane and through the relay.
-    #[arg(long, default_value_t = 5000, value_name = "N")]
+    /// Single-content requests pre-filled for the fast lane and for each
+    /// baseline (relay, consume-and-ack); also the latency part's
+    /// single-id maximum (a tenth of it for the search kind's).
+    #[arg(long, default_value_t = 30_000, value_name = "N")]
     fast_requests: usize,
-    /// The small memory task covers searchPartition < N (of 1000 values).
-    #[arg(long, default_value_t = 80, value_name = "N")]
-    small_partitions: i64,
+    /// Rounds of the fast lane and each baseline; the best round of each counts.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    fast_rounds: usize,
+    /// Ids of the memory part's small measurement (one partition task).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    memory_small_ids: u64,
+    /// Ids of the memory part's large measurement (tasks over the whole
+    /// catalogue, one after another, until this many).
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    memory_large_ids: u64,
+    /// Documents of the latency part's search index (one listing each).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    latency_docs: u64,
+    /// Seconds of offered load per latency row.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    latency_secs: u64,
     /// Measurements to run (comma-separated).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "fanout,fast-lane,memory"
+        default_value = "fanout,fast-lane,memory,latency"
     )]
     parts: Vec<Part>,
     /// Run the workers from this `fleet` binary (e.g. target/release/fleet)
@@ -138,8 +154,14 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     if args.listings > 3 {
         anyhow::bail!("--listings is at most 3 (the catalogue generates 1-3 per document)");
     }
-    if !(1..=1000).contains(&args.small_partitions) {
-        anyhow::bail!("--small-partitions must be within 1..=1000");
+    if args.fast_rounds == 0 || args.fast_requests == 0 {
+        anyhow::bail!("--fast-rounds and --fast-requests must be at least 1");
+    }
+    if args.memory_small_ids == 0 || args.memory_large_ids < args.memory_small_ids {
+        anyhow::bail!("--memory-large-ids must be at least --memory-small-ids, which must be at least 1");
+    }
+    if args.latency_docs == 0 || args.latency_secs == 0 {
+        anyhow::bail!("--latency-docs and --latency-secs must be at least 1");
     }
     let opts = run::Options {
         docs: args.docs,
@@ -153,7 +175,11 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         unsplit_max: std::time::Duration::from_secs(args.unsplit_max_secs),
         concurrency: args.concurrency,
         fast_requests: args.fast_requests,
-        small_partitions: args.small_partitions,
+        fast_rounds: args.fast_rounds,
+        memory_small_ids: args.memory_small_ids,
+        memory_large_ids: args.memory_large_ids,
+        latency_docs: args.latency_docs,
+        latency_secs: args.latency_secs,
         parts: args.parts,
         fleet_bin: args.fleet_bin,
         keep_logs: args.keep_logs,

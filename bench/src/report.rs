@@ -13,6 +13,7 @@ pub struct Results {
     pub fanout: Option<Fanout>,
     pub fast: Option<FastLane>,
     pub memory: Option<Memory>,
+    pub latency: Option<Latency>,
 }
 
 #[derive(Debug)]
@@ -172,26 +173,112 @@ impl Health {
     }
 }
 
+/// The fast lane's drain and its baselines, one rate per round.
 #[derive(Debug)]
 pub struct FastLane {
     pub requests: u64,
-    pub fleet_secs: f64,
-    pub fleet_messages: u64,
-    pub relay_secs: f64,
     pub prefetch: u16,
+    /// Requests/s of the dispatcher draining the pre-filled lane.
+    pub fleet: Vec<f64>,
+    /// Outbound messages of the last fleet round.
+    pub fleet_messages: u64,
+    /// Messages/s of the pipelined relay.
+    pub relay: Vec<f64>,
+    /// Messages/s of consume-and-ack.
+    pub ceiling: Vec<f64>,
+    /// The dispatcher's peak RSS while its prefetch was full.
+    pub dispatcher_peak_kib: u64,
+}
+
+/// The best of a measurement's rounds.
+pub fn best(rates: &[f64]) -> f64 {
+    rates.iter().copied().fold(0.0, f64::max)
+}
+
+fn rounds(rates: &[f64]) -> String {
+    rates
+        .iter()
+        .map(|r| thousands(*r))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// One size of the partition worker's memory measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryPhase {
+    pub ids: u64,
+    pub tasks: usize,
+    pub secs: f64,
+    pub peak_kib: u64,
+    pub hwm_kib: u64,
 }
 
 #[derive(Debug)]
 pub struct Memory {
     pub idle_kib: u64,
-    pub small_ids: u64,
-    pub small_secs: f64,
-    pub small_peak_kib: u64,
-    pub small_hwm_kib: u64,
-    pub large_ids: u64,
-    pub large_secs: f64,
-    pub large_peak_kib: u64,
-    pub large_hwm_kib: u64,
+    pub small: MemoryPhase,
+    pub large: MemoryPhase,
+}
+
+/// The kinds of fast-lane request the latency part offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Single,
+    Search,
+}
+
+impl std::fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RequestKind::Single => "single-id",
+            RequestKind::Search => "search (listings.id)",
+        })
+    }
+}
+
+/// What else the fleet is doing while the fast lane is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    Alone,
+    BulkSaturated,
+}
+
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Load::Alone => "alone",
+            Load::BulkSaturated => "bulk lane saturated",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LatencyRow {
+    pub kind: RequestKind,
+    pub load: Load,
+    pub percent: u32,
+    /// Offered requests/s.
+    pub rate: f64,
+    pub requests: u64,
+    /// Requests whose id never reached the outbound queue (within 60 s of
+    /// the last new one).
+    pub lost: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug)]
+pub struct Latency {
+    pub rows: Vec<LatencyRow>,
+    /// The measured maximum of each kind, requests/s.
+    pub maxima: Vec<(RequestKind, f64)>,
+    pub bulk: crate::latency::BulkLoad,
+    pub fleet_peak_kib: u64,
+    /// Seconds of offered load per row.
+    pub secs: u64,
+    /// Documents of the search kind's index.
+    pub search_docs: u64,
 }
 
 pub fn rate(n: u64, secs: f64) -> f64 {
@@ -311,28 +398,59 @@ pub fn report(r: &Results, opts: &Options, machine: &str, command_line: &str) ->
         }
     }
     if let Some(f) = &r.fast {
-        let fleet = rate(f.requests, f.fleet_secs);
-        let relay = rate(f.requests, f.relay_secs);
+        let fleet = best(&f.fleet);
+        let relay = best(&f.relay);
+        let ceiling = best(&f.ceiling);
         let _ = writeln!(
             s,
-            "| (b) fast lane, single-content requests/s end to end ({} requests) vs raw consume-and-republish relay (confirm, then ack; prefetch {}) | {} | {} | {:.2}× |",
+            "| (b) fast lane, single-content requests/s draining {} pre-filled requests (prefetch {}) vs pipelined relay (batched confirms, `multiple` acks) of the same bodies, msg/s | {} | {} | {:.2}× |",
             thousands(f.requests as f64),
             f.prefetch,
             thousands(fleet),
             thousands(relay),
             fleet / relay.max(f64::MIN_POSITIVE)
         );
+        let _ = writeln!(
+            s,
+            "| (b) fast lane vs the broker's consume-and-ack ceiling (same queue size and prefetch, `multiple` acks), msg/s | {} | {} | {:.2}× |",
+            thousands(fleet),
+            thousands(ceiling),
+            fleet / ceiling.max(f64::MIN_POSITIVE)
+        );
     }
     if let Some(m) = &r.memory {
         let _ = writeln!(
             s,
-            "| (c) partition worker peak RSS streaming {} ids vs streaming {} ids | {} | {} | {:.2}× |",
-            thousands(m.large_ids as f64),
-            thousands(m.small_ids as f64),
-            mib(m.large_peak_kib),
-            mib(m.small_peak_kib),
-            m.large_peak_kib as f64 / (m.small_peak_kib.max(1)) as f64
+            "| (c) partition worker peak RSS streaming {} ids ({} tasks) vs streaming {} ids | {} | {} | {:.2}× |",
+            thousands(m.large.ids as f64),
+            m.large.tasks,
+            thousands(m.small.ids as f64),
+            mib(m.large.peak_kib),
+            mib(m.small.peak_kib),
+            m.large.peak_kib as f64 / (m.small.peak_kib.max(1)) as f64
         );
+    }
+    if let Some(l) = &r.latency {
+        for row in l.rows.iter().filter(|r| r.percent == 50) {
+            let alone = l
+                .rows
+                .iter()
+                .find(|a| a.kind == row.kind && a.percent == 50 && a.load == Load::Alone);
+            if row.load == Load::Alone {
+                continue;
+            }
+            if let Some(alone) = alone {
+                let _ = writeln!(
+                    s,
+                    "| (d) fast-lane p99 latency, {} requests at 50 % of their maximum ({} /s), bulk lane saturated vs alone | {:.1} ms | {:.1} ms | {:.2}× |",
+                    row.kind,
+                    thousands(row.rate),
+                    row.p99_ms,
+                    alone.p99_ms,
+                    row.p99_ms / alone.p99_ms.max(f64::MIN_POSITIVE)
+                );
+            }
+        }
     }
     let _ = writeln!(s);
     if let Some(f) = &r.fanout {
@@ -341,30 +459,48 @@ pub fn report(r: &Results, opts: &Options, machine: &str, command_line: &str) ->
     if let Some(f) = &r.fast {
         let _ = writeln!(
             s,
-            "- fast lane: {} requests → {} ids in {} outbound messages in {:.2} s; the relay moved {} messages in {:.2} s.",
-            thousands(f.requests as f64),
-            thousands(f.requests as f64),
+            "- fast lane, rounds (best counts): dispatcher {} requests/s ({} outbound messages for {} requests in the last round), \
+             pipelined relay {} msg/s, consume-and-ack {} msg/s; rates run from the first output to the last.",
+            rounds(&f.fleet),
             f.fleet_messages,
-            f.fleet_secs,
             thousands(f.requests as f64),
-            f.relay_secs
+            rounds(&f.relay),
+            rounds(&f.ceiling),
         );
     }
     if let Some(m) = &r.memory {
         let _ = writeln!(
             s,
-            "- memory: idle {}; small task {} ids in {:.2} s, peak {} (VmHWM {}); large task {} ids in {:.2} s, peak {} (VmHWM {}); sampled every {} ms.",
+            "- memory: partition worker idle {}; {} ids in {:.1} s, peak {} (VmHWM {}); {} ids in {} tasks one after another in {:.1} s, peak {} (VmHWM {}); sampled every {} ms.",
             mib(m.idle_kib),
-            thousands(m.small_ids as f64),
-            m.small_secs,
-            mib(m.small_peak_kib),
-            mib(m.small_hwm_kib),
-            thousands(m.large_ids as f64),
-            m.large_secs,
-            mib(m.large_peak_kib),
-            mib(m.large_hwm_kib),
+            thousands(m.small.ids as f64),
+            m.small.secs,
+            mib(m.small.peak_kib),
+            mib(m.small.hwm_kib),
+            thousands(m.large.ids as f64),
+            m.large.tasks,
+            m.large.secs,
+            mib(m.large.peak_kib),
+            mib(m.large.hwm_kib),
             RSS_SAMPLE_EVERY.as_millis()
         );
+    }
+    if let Some(kib) = r.fast.as_ref().map(|f| f.dispatcher_peak_kib) {
+        let _ = writeln!(
+            s,
+            "- memory: `fleet run dispatcher` peak {} draining the fast lane (its prefetch full of single-content requests).",
+            mib(kib)
+        );
+    }
+    if let Some(l) = &r.latency {
+        let _ = writeln!(
+            s,
+            "- memory: `fleet run --all` peak {} over the latency part (fast lane at up to 80 % of its maximum beside {} in-place bulk requests and {} split requests).",
+            mib(l.fleet_peak_kib),
+            thousands(l.bulk.in_place as f64),
+            l.bulk.split
+        );
+        latency_details(&mut s, l);
     }
     let _ = writeln!(
         s,
@@ -378,6 +514,44 @@ pub fn report(r: &Results, opts: &Options, machine: &str, command_line: &str) ->
         }
     );
     s
+}
+
+/// The latency part's table.
+fn latency_details(s: &mut String, l: &Latency) {
+    let maxima = l
+        .maxima
+        .iter()
+        .map(|(k, m)| format!("{k} {} requests/s", thousands(*m)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        s,
+        "\nFast-lane latency (one `fleet run --all`; from when a request was due to be published to its id in the \
+         outbound queue; {} s of offered load per row; measured maxima: {maxima}; search requests over a {}-document index):\n",
+        l.secs,
+        thousands(l.search_docs as f64)
+    );
+    let _ = writeln!(
+        s,
+        "| requests | load | offered | requests/s | requests sent | p50 | p99 | max | never arrived |"
+    );
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &l.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} % | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+            r.kind,
+            r.load,
+            r.percent,
+            thousands(r.rate),
+            thousands(r.requests as f64),
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.lost
+        );
+    }
+    let _ = writeln!(s);
 }
 
 /// The fan-out's runs by search concurrency, and what the baselines took.

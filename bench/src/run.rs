@@ -5,12 +5,13 @@
 //!   partition tasks by a `fleet run dispatcher partition` subprocess), next
 //!   to a raw unsplit `search_after` scan of the same query and next to the
 //!   summed raw scans of the partition queries the dispatcher would make;
-//! - **fast lane** ([`crate::fastlane`]): single-content requests per second
-//!   end to end (publish → dispatcher → outbound queue), next to a raw
-//!   consume-and-republish relay ([`crate::relay`]) with publisher confirms on
-//!   the same broker;
+//! - **fast lane** ([`crate::fastlane`]): how fast a dispatcher drains a
+//!   pre-filled fast lane of single-content requests, next to a pipelined
+//!   relay and the broker's consume-and-ack ceiling ([`crate::relay`]);
 //! - **memory** ([`crate::memory`]): peak RSS of a `fleet run partition`
-//!   subprocess while it streams a small and a large partition task.
+//!   subprocess while it streams 100,000 ids and then 1,000,000;
+//! - **latency** ([`crate::latency`]): fast-lane latency at 25/50/80 % of
+//!   the measured maximum, alone and beside a saturated bulk lane.
 //!
 //! The run is isolated from anything else on the services: a test-kit
 //! sandbox (its own vhost with the topology applied, its own database, its
@@ -26,12 +27,10 @@ use fleet_shared::broker::{self, Identity};
 use fleet_shared::config::Config;
 use fleet_shared::message::{IndexKey, InvalidationType};
 use fleet_shared::search::Search;
-use fleet_shared::topology::names;
 
 use crate::report::{machine_description, report, Results};
 use crate::setup::BenchEnv;
-use crate::worker::{wait_for_consumer, Worker};
-use crate::{fanout, fastlane, memory};
+use crate::{fanout, fastlane, latency, memory};
 
 /// The index key every measurement uses (its index is `search.indices.trTR`).
 pub const KEY: IndexKey = IndexKey::TrTr;
@@ -84,8 +83,10 @@ pub enum Part {
     Fanout,
     /// (b) single-content requests through the fast lane, against a raw relay.
     FastLane,
-    /// (c) peak RSS of a partition worker at two result sizes.
+    /// (c) peak RSS of a partition worker at two stream lengths.
     Memory,
+    /// (d) fast-lane latency at fixed rates, alone and beside a saturated bulk lane.
+    Latency,
 }
 
 /// What to run and how big.
@@ -112,8 +113,15 @@ pub struct Options {
     pub concurrency: Vec<Concurrency>,
     /// Single-content requests per fast-lane measurement.
     pub fast_requests: usize,
-    /// The small memory task covers `searchPartition < this` (of 1000).
-    pub small_partitions: i64,
+    /// Rounds of the fast lane and of each baseline (the best counts).
+    pub fast_rounds: usize,
+    /// Ids of the memory part's small and large measurements.
+    pub memory_small_ids: u64,
+    pub memory_large_ids: u64,
+    /// Documents of the latency part's search index.
+    pub latency_docs: u64,
+    /// Seconds of offered load per latency row.
+    pub latency_secs: u64,
     /// The measurements to run.
     pub parts: Vec<Part>,
     /// A `fleet` binary to run the workers with; `None`: this binary's own
@@ -170,27 +178,13 @@ async fn measure(env: &mut BenchEnv, opts: &Options, command_line: &str) -> anyh
         results.fanout = Some(fanout::fanout(env, opts, &search, &ctx, &conn, &control).await?);
     }
     if wants(Part::FastLane) {
-        let mut worker = Worker::spawn(env, &["dispatcher"], "fast-lane-dispatcher", None).await?;
-        let measured = async {
-            wait_for_consumer(
-                &control,
-                names::FAST_LANE,
-                &mut worker,
-                Duration::from_secs(60),
-            )
-            .await?;
-            eprintln!(
-                "\nWorker subprocess `fleet run dispatcher` (pid {}) is consuming.",
-                worker.pid
-            );
-            fastlane::fast_lane(env, opts, &conn, &mut worker).await
-        }
-        .await;
-        worker.stop().await;
-        results.fast = Some(measured?);
+        results.fast = Some(fastlane::fast_lane(env, opts, &conn, &control).await?);
     }
     if wants(Part::Memory) {
         results.memory = Some(memory::memory(env, opts, &search, &ctx, &conn, &control).await?);
+    }
+    if wants(Part::Latency) {
+        results.latency = Some(latency::latency(env, opts, &ctx, &conn, &control).await?);
     }
     let _ = conn.close(200, "bench done".into()).await;
     Ok(report(&results, opts, &machine, command_line))

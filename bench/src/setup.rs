@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use fleet_shared::config::Config;
+use fleet_shared::message::IndexKey;
 use fleet_shared::runtime::Context;
 use fleet_testkit::{Osmem, OsmemOptions, Sandbox};
 use fleet_workers::catalogue::{self, Spec};
@@ -143,6 +144,33 @@ impl BenchEnv {
         Ok(())
     }
 
+    /// Loads a second, small index for `key` (`docs` documents with one
+    /// listing each) and points the run's configuration at it; returns the
+    /// first content id and the number of documents.
+    pub async fn load_latency_index(&mut self, key: IndexKey, docs: u64) -> anyhow::Result<(i64, u64)> {
+        let index = format!("{}-latency", self.sandbox.db_name).to_lowercase();
+        let spec = Spec {
+            docs,
+            seed: 7,
+            ..Spec::default()
+        };
+        let pid = self.osmem.as_ref().map_or(0, |o| o.pid);
+        let url = self.config().search.url.clone();
+        let t = Instant::now();
+        let n = bulk_load(&url, &index, &spec, 1, pid).await?;
+        eprintln!(
+            "  loaded {} documents into {index} in {:.0} s.",
+            thousands(n as f64),
+            t.elapsed().as_secs_f64()
+        );
+        self.sandbox
+            .config
+            .search
+            .indices
+            .insert(key.to_string(), index);
+        Ok((spec.first_id, n))
+    }
+
     /// Removes what the run created; reports, never fails.
     pub async fn cleanup(&mut self, remove_logs: bool) {
         if let Some(server) = self.osmem.take() {
@@ -157,7 +185,7 @@ impl BenchEnv {
     }
 }
 
-fn bench_spec(opts: &Options) -> Spec {
+pub fn bench_spec(opts: &Options) -> Spec {
     Spec {
         docs: opts.docs,
         suppliers: opts.suppliers,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use fleet_shared::lapin::Channel;
 use tokio::process::Child;
 
-use crate::run::Concurrency;
+use crate::run::{Concurrency, RSS_SAMPLE_EVERY};
 use crate::setup::BenchEnv;
 
 /// A `fleet run …` subprocess.
@@ -102,6 +102,44 @@ pub fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// Samples a process's `VmRSS` every [`RSS_SAMPLE_EVERY`] until stopped,
+/// keeping the peak.
+pub struct PeakRss {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    pub fn start(pid: u32) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut peak = 0u64;
+                let mut tick = tokio::time::interval(RSS_SAMPLE_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {
+                            if let Some(kib) = read_status_kib(pid, "VmRSS") {
+                                peak = peak.max(kib);
+                            }
+                        }
+                    }
+                }
+                peak
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// The highest sample, in KiB.
+    pub async fn finish(self) -> u64 {
+        self.stop.cancel();
+        self.task.await.unwrap_or(0)
+    }
 }
 
 /// Waits until `queue` has at least one consumer.
