@@ -126,7 +126,9 @@ pub async fn fast_lane(
     );
     let now = now_millis();
     let bodies = |run: &str| -> Vec<Vec<u8>> {
-        (1..=n as i64).map(|id| single_request(id, run, now)).collect()
+        (1..=n as i64)
+            .map(|id| single_request(id, run, now))
+            .collect()
     };
     let url = env.config().amqp.url.clone();
     let mut out = FastLane {

@@ -113,6 +113,11 @@ struct BenchArgs {
     /// Seconds of offered load per latency row.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     latency_secs: u64,
+    /// During the latency part, run the bench's own osmem-server at its
+    /// normal priority instead of nice 19 (the search cluster then competes
+    /// with the broker and the workers for the same cores).
+    #[arg(long)]
+    latency_search_same_priority: bool,
     /// Measurements to run (comma-separated).
     #[arg(
         long,
@@ -158,7 +163,9 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--fast-rounds and --fast-requests must be at least 1");
     }
     if args.memory_small_ids == 0 || args.memory_large_ids < args.memory_small_ids {
-        anyhow::bail!("--memory-large-ids must be at least --memory-small-ids, which must be at least 1");
+        anyhow::bail!(
+            "--memory-large-ids must be at least --memory-small-ids, which must be at least 1"
+        );
     }
     if args.latency_docs == 0 || args.latency_secs == 0 {
         anyhow::bail!("--latency-docs and --latency-secs must be at least 1");
@@ -180,6 +187,7 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         memory_large_ids: args.memory_large_ids,
         latency_docs: args.latency_docs,
         latency_secs: args.latency_secs,
+        latency_nice_search: !args.latency_search_same_priority,
         parts: args.parts,
         fleet_bin: args.fleet_bin,
         keep_logs: args.keep_logs,

@@ -43,7 +43,10 @@ pub async fn memory(
     let index = env.config().search.index_for(KEY).to_string();
     let (supplier_ids, query) = fanout_query(opts);
     let whole = search.count(&index, &query).await?;
-    anyhow::ensure!(whole > 0, "the memory tasks' query matches nothing in {index}");
+    anyhow::ensure!(
+        whole > 0,
+        "the memory tasks' query matches nothing in {index}"
+    );
     // searchPartition is spread evenly over 0..1000, so `< p` selects p/1000.
     let small_to = ((opts.memory_small_ids * 1000).div_ceil(whole) as i64).clamp(1, 1000);
     let small = search

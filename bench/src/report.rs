@@ -535,7 +535,10 @@ fn latency_details(s: &mut String, l: &Latency) {
         s,
         "| requests | load | offered | requests/s | requests sent | p50 | p99 | max | never arrived |"
     );
-    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for r in &l.rows {
         let _ = writeln!(
             s,

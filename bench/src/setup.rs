@@ -72,6 +72,11 @@ impl BenchEnv {
         Ok(())
     }
 
+    /// The process id of the run's own search server (none with `--search-url`).
+    pub fn search_pid(&self) -> Option<u32> {
+        self.osmem.as_ref().map(|o| o.pid)
+    }
+
     /// The configuration of the run (sandbox URLs, search, bench settings).
     pub fn config(&self) -> &Config {
         &self.sandbox.config
@@ -147,7 +152,11 @@ impl BenchEnv {
     /// Loads a second, small index for `key` (`docs` documents with one
     /// listing each) and points the run's configuration at it; returns the
     /// first content id and the number of documents.
-    pub async fn load_latency_index(&mut self, key: IndexKey, docs: u64) -> anyhow::Result<(i64, u64)> {
+    pub async fn load_latency_index(
+        &mut self,
+        key: IndexKey,
+        docs: u64,
+    ) -> anyhow::Result<(i64, u64)> {
         let index = format!("{}-latency", self.sandbox.db_name).to_lowercase();
         let spec = Spec {
             docs,

@@ -333,8 +333,8 @@ pub struct SearchConfig {
     /// to while answers stay fast. Separate from `amqp.prefetch`: messages
     /// beyond the limit wait for a slot instead of piling onto the cluster.
     pub concurrency_max: usize,
-    /// A successful search answer slower than this counts as overload (the
-    /// limit halves); faster ones let it grow.
+    /// A successful search answer slower than this holds the limit (it stops
+    /// growing; only a timeout, 429 or 503 halves it); faster ones let it grow.
     #[serde(with = "humantime_serde")]
     pub concurrency_slow_after: Duration,
     /// Times a search call the cluster pushed back on (429, 503, a timeout)

@@ -6,6 +6,7 @@
 //! dispatcher, the partition worker or the CLI. See `ARCHITECTURE.md`.
 
 pub mod access;
+pub mod acks;
 pub mod broker;
 pub mod config;
 pub mod db;

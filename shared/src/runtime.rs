@@ -25,9 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_lapin::lapin::message::Delivery;
-use deadpool_lapin::lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use deadpool_lapin::lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use deadpool_lapin::lapin::types::{FieldTable, ShortString};
 use deadpool_lapin::lapin::BasicProperties;
 use futures::{FutureExt, StreamExt};
@@ -37,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::access::{queue_resource, Refusal};
+use crate::acks::Acks;
 use crate::broker::{
     self, counters_trusted, header_i64, header_text, headers, supersede, HeaderValue, Identity,
     Outgoing, PublishError, Publisher,
@@ -265,9 +264,12 @@ impl Consumers {
     }
 }
 
-/// Acks or nacks a delivery exactly once; a second call is a bug and is refused.
+/// Acks or nacks a delivery exactly once; a second call is a bug and is
+/// refused. Acks go through the channel's [`Acks`], which coalesces them.
 struct AckOnce {
     acker: deadpool_lapin::lapin::Acker,
+    tag: u64,
+    acks: Acks,
     done: AtomicBool,
 }
 
@@ -285,7 +287,7 @@ impl AckOnce {
             tracing::error!(error = %e, "Refused a second ack.");
             return;
         }
-        match self.acker.ack(BasicAckOptions::default()).await {
+        match self.acks.ack(self.tag, &self.acker).await {
             Ok(true) => {}
             // The channel died after the work was confirmed: the broker will
             // redeliver, and the handlers are idempotent.
@@ -310,13 +312,7 @@ impl AckOnce {
         if self.claim().is_err() {
             return;
         }
-        let _ = self
-            .acker
-            .nack(BasicNackOptions {
-                requeue,
-                multiple: false,
-            })
-            .await;
+        let _ = self.acks.nack(self.tag, &self.acker, requeue).await;
     }
 }
 
@@ -470,15 +466,18 @@ async fn run_session<H: Handler>(
     handler: Arc<H>,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, deadpool_lapin::lapin::Error> {
-    let channel = conn.create_channel().await?;
-    // Re-applied on every (re)connection: recovery does not restore it.
+    // One channel per queue: delivery tags count per channel, so a slow
+    // delivery on one queue never keeps another queue's acks from being
+    // coalesced (see `acks`). The prefetch applies to each consumer.
     let prefetch = ctx.config.amqp.prefetch_for(&ctx.identity.worker);
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
     let mut streams = Vec::new();
-    let mut tags = Vec::new();
+    let mut consumers = Vec::new();
     for q in queues {
+        let channel = conn.create_channel().await?;
+        // Re-applied on every (re)connection: recovery does not restore it.
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
         let tag = ctx.identity.consumer_tag(q);
         let consumer = match channel
             .basic_consume(
@@ -491,16 +490,22 @@ async fn run_session<H: Handler>(
         {
             Ok(c) => c,
             Err(e) if broker::is_access_refused(&e) => {
+                for (channel, _) in &consumers {
+                    close_channel(channel).await;
+                }
+                close_channel(&channel).await;
                 return Ok(SessionEnd::Refused(Refusal::new(
                     "consume from",
                     queue_resource(q),
                     fleet_user(ctx),
                     e.to_string(),
-                )))
+                )));
             }
             Err(e) => return Err(e),
         };
-        tags.push(tag);
+        consumers.push((channel, tag));
+        let acks = Acks::start();
+        let end_acks = acks.clone();
         let queue = q.clone();
         let ended = q.clone();
         // A consumer stream ends when the broker cancels it (its queue was
@@ -508,8 +513,10 @@ async fn run_session<H: Handler>(
         // end visible: merged, it would silently drop out of the select.
         streams.push(
             consumer
-                .map(move |d| (queue.clone(), Some(d)))
-                .chain(futures::stream::once(async move { (ended, None) }))
+                .map(move |d| (queue.clone(), acks.clone(), Some(d)))
+                .chain(futures::stream::once(
+                    async move { (ended, end_acks, None) },
+                ))
                 .boxed(),
         );
     }
@@ -522,27 +529,28 @@ async fn run_session<H: Handler>(
             biased;
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
             next = merged.next() => match next {
-                Some((queue, Some(Ok(delivery)))) => {
+                Some((queue, acks, Some(Ok(delivery)))) => {
                     let ctx = ctx.clone();
                     let handler = handler.clone();
+                    acks.delivered(delivery.delivery_tag);
                     tracker.spawn(async move {
                         let msg = Incoming::new(queue, delivery);
                         let span = message_span(&ctx, &msg);
-                        process(&ctx, handler.as_ref(), msg).instrument(span).await;
+                        process(&ctx, handler.as_ref(), msg, acks).instrument(span).await;
                     });
                 }
-                Some((_, Some(Err(error)))) => {
+                Some((_, _, Some(Err(error)))) => {
                     tracing::warn!(%error, "Consumer stream failed.");
                     break SessionEnd::Lost;
                 }
-                Some((queue, None)) => break SessionEnd::Cancelled(queue),
+                Some((queue, _, None)) => break SessionEnd::Cancelled(queue),
                 None => break SessionEnd::Lost,
             }
         }
     };
     if matches!(end, SessionEnd::Shutdown) {
         // Stop new deliveries first, then let in-flight ones finish.
-        for tag in &tags {
+        for (channel, tag) in &consumers {
             let _ = channel
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await;
@@ -557,8 +565,14 @@ async fn run_session<H: Handler>(
             "Shutdown grace over; returning in-flight messages to the broker unacknowledged."
         );
     }
-    let _ = channel.close(200, "worker stopping".into()).await;
+    for (channel, _) in &consumers {
+        close_channel(channel).await;
+    }
     Ok(end)
+}
+
+async fn close_channel(channel: &deadpool_lapin::lapin::Channel) {
+    let _ = channel.close(200, "worker stopping".into()).await;
 }
 
 /// The span every line about one message is logged in. Handlers fill in
@@ -567,12 +581,10 @@ fn message_span(ctx: &Context, msg: &Incoming) -> tracing::Span {
     // A producer's own counter is not believed here either. Saturating: a
     // counter of i64::MAX must not panic here, outside the handler's
     // panic guard, where it would strand the delivery unacked.
-    let attempt = if belief(ctx, msg).counters {
-        header_i64(msg.headers(), headers::ATTEMPTS)
-            .unwrap_or(0)
-            .saturating_add(1)
-    } else {
-        1
+    // The belief is only worked out for a message that carries a counter.
+    let attempt = match header_i64(msg.headers(), headers::ATTEMPTS) {
+        Some(n) if belief(ctx, msg).counters => n.saturating_add(1),
+        _ => 1,
     };
     let message_id = msg
         .delivery
@@ -607,7 +619,7 @@ pub fn record_task(request_id: &str, job_id: &uuid::Uuid, task: i32) {
 }
 
 /// Runs the handler and takes the delivery down exactly one path.
-async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
+async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming, acks: Acks) {
     let started = std::time::Instant::now();
     // A bug that panics in a handler must not strand the delivery unacked
     // until the connection drops: it takes the transient path instead, and
@@ -636,6 +648,8 @@ async fn process<H: Handler>(ctx: &Context, handler: &H, msg: Incoming) {
     };
     let ack = AckOnce {
         acker: msg.delivery.acker.clone(),
+        tag: msg.delivery.delivery_tag,
+        acks,
         done: AtomicBool::new(false),
     };
     let worker = ctx.identity.worker.as_str();

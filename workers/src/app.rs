@@ -242,6 +242,20 @@ pub async fn run(
                     s.kv.clone().expect("kv"),
                     lanes.clone(),
                 );
+                // The fast lane shares nothing with the bulk lane that bulk
+                // work could fill: its own publisher connection and batcher
+                // (bulk chunks of 1,000 ids never queue ahead of its
+                // batches) and its own search limit (a bulk scan never holds
+                // the permit a single-listing search waits for).
+                let mut fast_ctx = context(&config, kind.name()).await?;
+                fast_ctx.consumers = consumers.clone();
+                let fast = Dispatcher::new(
+                    fast_ctx.clone(),
+                    Search::new(&config.search)?,
+                    s.db.clone().expect("db"),
+                    s.kv.clone().expect("kv"),
+                    lanes.clone(),
+                );
                 // The request exchange's alternate exchange: requests whose
                 // routing key no lane is bound to go to their type's lane.
                 tasks.spawn(until_stopped(consume(
@@ -253,9 +267,9 @@ pub async fn run(
                 // One consumer per lane, each on its own connection and
                 // prefetch: a slow bulk request never holds up the fast lane.
                 tasks.spawn(until_stopped(consume(
-                    ctx.clone(),
+                    fast_ctx,
                     vec![names::FAST_LANE.into()],
-                    h.clone(),
+                    fast,
                     stop.clone(),
                 )));
                 tasks.spawn(until_stopped(consume(

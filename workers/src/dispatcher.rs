@@ -191,6 +191,10 @@ impl Handler for Dispatcher {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
         // The body's size was checked by the runtime before this handler.
         let request = decode(msg.body())?;
+        let named = request
+            .request_id
+            .as_deref()
+            .is_some_and(|id| !id.is_empty());
         if let Some(id) = request.request_id.as_deref() {
             runtime::record_request(id);
         }
@@ -215,7 +219,10 @@ impl Handler for Dispatcher {
             window_start,
             now_millis(),
         )?;
-        runtime::record_request(&v.request_id);
+        if !named {
+            // The id generated for a request that came without one.
+            runtime::record_request(&v.request_id);
+        }
         // A retry must keep the request id generated at first sight.
         let tag = |e: HandlerError| match e {
             HandlerError::Transient { .. } => e.with_body(v.request.encode()),
@@ -230,7 +237,11 @@ impl Handler for Dispatcher {
         // the request asks: a producer that reuses an id for another
         // request gets that request processed, never silently dropped.
         let remembered = v.request.parameter_name != "id";
-        let digest = v.request.content_digest(&v.index_keys);
+        let digest = if remembered {
+            v.request.content_digest(&v.index_keys)
+        } else {
+            String::new()
+        };
         if remembered {
             match self.kv.done(REQUEST_SCOPE, &v.request_id).await {
                 Ok(Some(done)) if done == digest => {

@@ -18,7 +18,7 @@
 //! (`wrong_lane`, `unknown_routing_key`), with a reason naming the key to
 //! use. The dispatcher and the unroutable handler share this module.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use fleet_shared::broker::{headers, with_headers, Outgoing};
 use fleet_shared::config::Config;
@@ -52,17 +52,26 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Lanes {
     topology: Topology,
+    /// The lanes of each type's routing key, worked out once: the lane
+    /// rule runs for every request.
+    by_type: HashMap<InvalidationType, BTreeSet<String>>,
 }
 
 impl Lanes {
     pub fn load(config: &Config) -> Result<Self, TopologyError> {
-        Ok(Self {
-            topology: Topology::load(config)?,
-        })
+        Ok(Self::new(Topology::load(config)?))
     }
 
     pub fn new(topology: Topology) -> Self {
-        Self { topology }
+        let mut lanes = Self {
+            topology,
+            by_type: HashMap::new(),
+        };
+        lanes.by_type = InvalidationType::ALL
+            .iter()
+            .map(|&t| (t, lanes.lanes_of(&t.snake())))
+            .collect();
+        lanes
     }
 
     /// The lanes a request published with `routing_key` reaches: queues the
@@ -93,11 +102,11 @@ impl Lanes {
 
     /// A request of type `t` delivered from `queue` (a lane).
     pub fn on_lane(&self, queue: &str, t: InvalidationType, rerouted: bool) -> Verdict {
-        let key = t.snake();
-        let lanes = self.lanes_of(&key);
+        let lanes = &self.by_type[&t];
         if lanes.contains(queue) {
             return Verdict::Here;
         }
+        let key = t.snake();
         if lanes.is_empty() {
             return Verdict::Refuse(
                 WRONG_LANE,

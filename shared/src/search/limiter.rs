@@ -1,7 +1,12 @@
 //! The per-process bound on concurrent search requests (SPEC §11), adapted
 //! with AIMD: it grows by one after a full window of fast successes that
 //! actually used the limit, and halves on a sign of overload (a timeout, a
-//! 429, a 503, or a success slower than `search.concurrency_slow_after`).
+//! 429, a 503). A success slower than `search.concurrency_slow_after` says
+//! the cluster is at capacity, not that it is failing: it holds the limit
+//! (the window starts again, so no growth) but does not shrink it. Halving
+//! on slow answers starved a server whose every page is slow (osmem-server
+//! scanning 250,000 documents, a loaded machine): the limit sat at 1-2 and
+//! the fan-out ran at 0.62× the best fixed limit (docs/BENCHMARKS.md).
 //!
 //! Hand-written over a `tokio::sync::Semaphore` (no mature crate fits; see
 //! `CRATES.md`). The semaphore holds the permits not in use; shrinking below
@@ -35,7 +40,7 @@ pub struct Bounds {
     pub min: usize,
     pub initial: usize,
     pub max: usize,
-    /// A success slower than this counts as overload.
+    /// A success slower than this holds the limit (no growth).
     pub slow_after: Duration,
 }
 
@@ -163,11 +168,12 @@ impl Limiter {
         let b = self.inner.bounds;
         let mut st = self.lock();
         st.in_flight -= 1;
-        let outcome = match outcome {
-            Outcome::Success(took) if took > b.slow_after => Outcome::Overload,
-            o => o,
-        };
         match outcome {
+            Outcome::Success(took) if took > b.slow_after => {
+                // At capacity: hold.
+                st.window = 0;
+                st.peak = st.in_flight;
+            }
             Outcome::Success(_) => {
                 st.window += 1;
                 if st.window >= st.limit && st.peak >= st.limit && st.limit < b.max {
@@ -280,6 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn slow_answers_hold_the_limit_neither_growing_nor_shrinking_it() {
+        let l = limiter(1, 3, 8);
+        for _ in 0..10 {
+            let held: Vec<Permit> = (0..3).map(|_| l.try_acquire().unwrap()).collect();
+            for p in held {
+                p.finish(SLOW);
+            }
+            assert_eq!(l.limit(), 3);
+        }
+        // A slow answer in a window of fast ones starts the window again.
+        let held: Vec<Permit> = (0..3).map(|_| l.try_acquire().unwrap()).collect();
+        let mut held = held.into_iter();
+        held.next().unwrap().finish(FAST);
+        held.next().unwrap().finish(SLOW);
+        held.next().unwrap().finish(FAST);
+        assert_eq!(l.limit(), 3, "no full window of fast successes yet");
+        check(&l, 0);
+    }
+
+    #[test]
     fn one_burst_of_overload_halves_once() {
         let l = limiter(1, 8, 8);
         let held: Vec<Permit> = (0..8).map(|_| l.try_acquire().unwrap()).collect();
@@ -292,6 +318,8 @@ mod tests {
         l.try_acquire().unwrap().finish(Outcome::Overload);
         assert_eq!(l.limit(), 2);
         l.try_acquire().unwrap().finish(SLOW);
+        assert_eq!(l.limit(), 2, "a slow answer holds the limit");
+        l.try_acquire().unwrap().finish(Outcome::Overload);
         assert_eq!(l.limit(), 1);
         l.try_acquire().unwrap().finish(Outcome::Overload);
         assert_eq!(l.limit(), 1, "never below the minimum");
