@@ -203,7 +203,9 @@ async fn maximum(
 
 /// One offered rate: publishes `secs` worth of requests at `rate` and
 /// measures each one's latency.
+#[allow(clippy::too_many_arguments)]
 async fn phase(
+    url: &str,
     conn: &Connection,
     ids: &mut Ids,
     kind: RequestKind,
@@ -228,8 +230,23 @@ async fn phase(
         Arrivals::Record,
     )
     .await?;
-    let due = offer(conn, bodies, rate).await?;
-    let counted = join_counter_partial(counter).await?;
+    let probe_conn = broker::connect(url, &broker::Identity::new("bench-probe"), "probe").await?;
+    let stop_probe = tokio_util::sync::CancellationToken::new();
+    let probe = tokio::spawn(probe_confirms(
+        probe_conn.create_channel().await?,
+        stop_probe.clone(),
+    ));
+    let offered = offer(conn, bodies, rate).await;
+    let counted = match &offered {
+        Ok(_) => join_counter_partial(counter).await,
+        Err(e) => Err(anyhow::anyhow!("offering the requests: {e:#}")),
+    };
+    stop_probe.cancel();
+    let mut probe_rtts = probe.await.context("the confirm probe panicked")??;
+    let _ = probe_conn.close(200, "probed".into()).await;
+    probe_rtts.sort();
+    let due = offered?;
+    let counted = counted?;
     let mut latencies: Vec<Duration> = Vec::with_capacity(contents.len());
     let mut lost = 0u64;
     for (id, due) in contents.iter().zip(&due) {
@@ -239,13 +256,7 @@ async fn phase(
         }
     }
     latencies.sort();
-    let pick = |q: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1000.0
-    };
+    let pick = |q: f64| quantile_ms(&latencies, q);
     let row = LatencyRow {
         kind,
         load,
@@ -256,14 +267,19 @@ async fn phase(
         p50_ms: pick(0.50),
         p99_ms: pick(0.99),
         max_ms: pick(1.0),
+        probe_p50_ms: quantile_ms(&probe_rtts, 0.50),
+        probe_p99_ms: quantile_ms(&probe_rtts, 0.99),
     };
     eprintln!(
-        "  {kind}, {load}, {percent} % ({} requests/s, {} requests): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{}",
+        "  {kind}, {load}, {percent} % ({} requests/s, {} requests): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         broker confirm probe p50 {:.1} ms, p99 {:.1} ms{}",
         thousands(rate),
         thousands(n as f64),
         row.p50_ms,
         row.p99_ms,
         row.max_ms,
+        row.probe_p50_ms,
+        row.probe_p99_ms,
         if lost > 0 {
             format!(", {lost} NEVER ARRIVED")
         } else {
@@ -271,6 +287,58 @@ async fn phase(
         }
     );
     Ok(row)
+}
+
+/// The broker's own publish-confirm round trip while a row runs: a small
+/// persistent message to a scratch durable queue every 20 ms, each confirm
+/// awaited before the next. It tells the broker's latency (its disk, its
+/// queue processes) from the fleet's: if the probe is fast while the fast
+/// lane is slow, the time is spent in the fleet.
+pub const PROBE_QUEUE: &str = "fleet-bench.probe";
+
+async fn probe_confirms(
+    ch: Channel,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<Duration>> {
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut rtts = Vec::new();
+    while !stop.is_cancelled() {
+        let t = Instant::now();
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                PROBE_QUEUE.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                b"probe",
+                props.clone(),
+            )
+            .await?
+            .await?;
+        if !matches!(confirm, Confirmation::Ack(None)) {
+            bail!("a probe publish was not confirmed: {confirm:?}");
+        }
+        rtts.push(t.elapsed());
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    let _ = ch.queue_purge(PROBE_QUEUE.into(), Default::default()).await;
+    let _ = ch.close(200, "probed".into()).await;
+    Ok(rtts)
+}
+
+/// The `q` quantile of sorted durations, in milliseconds (NaN when empty).
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
 }
 
 /// What the bulk driver published.
@@ -405,6 +473,20 @@ pub async fn latency(
             wait_for_consumer(control, q, &mut worker, Duration::from_secs(60)).await?;
         }
         let secs = opts.latency_secs as f64;
+        let url = env.config().amqp.url.clone();
+        let setup = conn.create_channel().await?;
+        setup
+            .queue_declare(
+                PROBE_QUEUE.into(),
+                fleet_shared::lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .with_context(|| format!("declaring {PROBE_QUEUE}"))?;
+        let _ = setup.close(200, "declared".into()).await;
         let mut rows = Vec::new();
         let mut maxima = Vec::new();
         for kind in [RequestKind::Single, RequestKind::Search] {
@@ -443,7 +525,7 @@ pub async fn latency(
                 for percent in PERCENTS {
                     worker.check_alive()?;
                     let rate = max * f64::from(percent) / 100.0;
-                    rows.push(phase(conn, &mut ids, kind, load, percent, rate, secs).await?);
+                    rows.push(phase(&url, conn, &mut ids, kind, load, percent, rate, secs).await?);
                 }
             }
         }

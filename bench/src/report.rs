@@ -266,6 +266,9 @@ pub struct LatencyRow {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The broker's publish-confirm round trip meanwhile (a probe).
+    pub probe_p50_ms: f64,
+    pub probe_p99_ms: f64,
 }
 
 #[derive(Debug)]
@@ -533,16 +536,16 @@ fn latency_details(s: &mut String, l: &Latency) {
     );
     let _ = writeln!(
         s,
-        "| requests | load | offered | requests/s | requests sent | p50 | p99 | max | never arrived |"
+        "| requests | load | offered | requests/s | requests sent | p50 | p99 | max | never arrived | broker confirm p50 / p99 |"
     );
     let _ = writeln!(
         s,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in &l.rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} % | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+            "| {} | {} | {} % | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.1} / {:.1} ms |",
             r.kind,
             r.load,
             r.percent,
@@ -551,7 +554,9 @@ fn latency_details(s: &mut String, l: &Latency) {
             r.p50_ms,
             r.p99_ms,
             r.max_ms,
-            r.lost
+            r.lost,
+            r.probe_p50_ms,
+            r.probe_p99_ms
         );
     }
     let _ = writeln!(s);

@@ -115,6 +115,13 @@ fn sent_result(r: Result<bool, deadpool_lapin::lapin::Error>) -> Sent {
     r.map_err(|e| e.to_string())
 }
 
+/// The ready acks of one wake-up, by tag: `covered` by one `multiple` ack,
+/// and `behind` a delivery still running (acked one by one).
+struct Ready<T> {
+    covered: Vec<(u64, T)>,
+    behind: Vec<(u64, T)>,
+}
+
 /// What the task keeps between wake-ups; `T` is what a ready ack carries
 /// (its acker and the handler's reply).
 struct State<T> {
@@ -134,7 +141,7 @@ impl<T> State<T> {
 
     /// Takes the ready acks: those one `multiple` ack may cover (every one
     /// below the lowest delivery still being handled), and the rest.
-    fn take_ready(&mut self) -> (Vec<(u64, T)>, Vec<(u64, T)>) {
+    fn take_ready(&mut self) -> Ready<T> {
         let running = self
             .outstanding
             .iter()
@@ -145,7 +152,10 @@ impl<T> State<T> {
             None => BTreeMap::new(),
         };
         let covered = std::mem::take(&mut self.ready);
-        (covered.into_iter().collect(), behind.into_iter().collect())
+        Ready {
+            covered: covered.into_iter().collect(),
+            behind: behind.into_iter().collect(),
+        }
     }
 
     /// The broker no longer holds `tag` unacknowledged.
@@ -180,7 +190,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Settle>) {
                 }
             }
         }
-        let (covered, behind) = st.take_ready();
+        let Ready { covered, behind } = st.take_ready();
         if let Some((_, (last, _))) = covered.last() {
             let multiple = covered.len() > 1;
             let r = sent_result(last.ack(BasicAckOptions { multiple }).await);
@@ -218,7 +228,7 @@ mod tests {
     #[test]
     fn one_multiple_ack_covers_only_what_is_below_the_lowest_running_delivery() {
         let mut st = state(&[3, 4, 5, 7, 9], &[3, 4, 7, 9]);
-        let (covered, behind) = st.take_ready();
+        let Ready { covered, behind } = st.take_ready();
         assert_eq!(tags(&covered), [3, 4]);
         assert_eq!(tags(&behind), [7, 9], "acked one by one, not held back");
         assert!(st.ready.is_empty());
@@ -227,7 +237,7 @@ mod tests {
     #[test]
     fn everything_ready_goes_in_one_ack() {
         let mut st = state(&[10, 11, 12], &[10, 11, 12]);
-        let (covered, behind) = st.take_ready();
+        let Ready { covered, behind } = st.take_ready();
         assert_eq!(tags(&covered), [10, 11, 12]);
         assert!(behind.is_empty());
     }
@@ -235,14 +245,14 @@ mod tests {
     #[test]
     fn nothing_is_covered_while_the_oldest_delivery_runs() {
         let mut st = state(&[1, 2, 3], &[2, 3]);
-        let (covered, behind) = st.take_ready();
+        let Ready { covered, behind } = st.take_ready();
         assert!(covered.is_empty());
         assert_eq!(tags(&behind), [2, 3]);
         // Settled (acked singly): the frontier moves past them once 1 is done.
         st.settled(2);
         st.settled(3);
         st.ready.insert(1, ());
-        let (covered, _) = st.take_ready();
+        let Ready { covered, .. } = st.take_ready();
         assert_eq!(tags(&covered), [1]);
     }
 
@@ -251,7 +261,7 @@ mod tests {
         // 5 was nacked on its own (settled), so 4 and 6 may go together.
         let mut st = state(&[4, 5, 6], &[4, 6]);
         st.settled(5);
-        let (covered, behind) = st.take_ready();
+        let Ready { covered, behind } = st.take_ready();
         assert_eq!(tags(&covered), [4, 6]);
         assert!(behind.is_empty());
     }
