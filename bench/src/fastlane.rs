@@ -95,7 +95,8 @@ async fn wait_ready(ch: &Channel, queue: &str, n: u64) -> anyhow::Result<()> {
     bail!("{queue} did not fill up with {n} messages in 60 s")
 }
 
-async fn declare(ch: &Channel, queue: &str) -> anyhow::Result<()> {
+/// Declares a durable scratch queue of the run, empty.
+pub async fn declare(ch: &Channel, queue: &str) -> anyhow::Result<()> {
     ch.queue_declare(
         queue.into(),
         QueueDeclareOptions {

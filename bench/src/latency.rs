@@ -127,9 +127,16 @@ fn out_queue(kind: RequestKind) -> String {
     }
 }
 
+/// What [`offer`] did: when each request was due, and how far behind its
+/// schedule the publisher fell at worst (the channel took a publish late).
+struct Offered {
+    due: Vec<Instant>,
+    worst_lag: Duration,
+}
+
 /// Publishes `bodies` to the requests exchange, the i-th when it is due at
-/// `rate` per second (confirms awaited at the end); returns when each was due.
-async fn offer(conn: &Connection, bodies: Vec<Vec<u8>>, rate: f64) -> anyhow::Result<Vec<Instant>> {
+/// `rate` per second (confirms awaited at the end).
+async fn offer(conn: &Connection, bodies: Vec<Vec<u8>>, rate: f64) -> anyhow::Result<Offered> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let props = BasicProperties::default()
@@ -137,13 +144,13 @@ async fn offer(conn: &Connection, bodies: Vec<Vec<u8>>, rate: f64) -> anyhow::Re
         .with_delivery_mode(2);
     let start = Instant::now() + Duration::from_millis(5);
     let mut due_at = Vec::with_capacity(bodies.len());
+    let mut worst_lag = Duration::ZERO;
     let mut confirms = Vec::with_capacity(bodies.len());
     for (i, body) in bodies.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         if due > Instant::now() {
             tokio::time::sleep_until(due.into()).await;
         }
-        due_at.push(due);
         confirms.push(
             ch.basic_publish(
                 names::REQUESTS.into(),
@@ -157,6 +164,8 @@ async fn offer(conn: &Connection, bodies: Vec<Vec<u8>>, rate: f64) -> anyhow::Re
             )
             .await?,
         );
+        worst_lag = worst_lag.max(Instant::now().saturating_duration_since(due));
+        due_at.push(due);
     }
     for c in confirms {
         match c.await? {
@@ -165,7 +174,10 @@ async fn offer(conn: &Connection, bodies: Vec<Vec<u8>>, rate: f64) -> anyhow::Re
         }
     }
     let _ = ch.close(200, "offered".into()).await;
-    Ok(due_at)
+    Ok(Offered {
+        due: due_at,
+        worst_lag,
+    })
 }
 
 /// The fleet's maximum for `kind`: `n` requests published as fast as the
@@ -245,7 +257,7 @@ async fn phase(
     let mut probe_rtts = probe.await.context("the confirm probe panicked")??;
     let _ = probe_conn.close(200, "probed".into()).await;
     probe_rtts.sort();
-    let due = offered?;
+    let Offered { due, worst_lag } = offered?;
     let counted = counted?;
     let mut latencies: Vec<Duration> = Vec::with_capacity(contents.len());
     let mut lost = 0u64;
@@ -272,7 +284,7 @@ async fn phase(
     };
     eprintln!(
         "  {kind}, {load}, {percent} % ({} requests/s, {} requests): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
-         broker confirm probe p50 {:.1} ms, p99 {:.1} ms{}",
+         broker confirm probe p50 {:.1} ms, p99 {:.1} ms; publisher at worst {:.1} ms behind{}",
         thousands(rate),
         thousands(n as f64),
         row.p50_ms,
@@ -280,6 +292,7 @@ async fn phase(
         row.max_ms,
         row.probe_p50_ms,
         row.probe_p99_ms,
+        worst_lag.as_secs_f64() * 1000.0,
         if lost > 0 {
             format!(", {lost} NEVER ARRIVED")
         } else {
@@ -474,19 +487,7 @@ pub async fn latency(
         }
         let secs = opts.latency_secs as f64;
         let url = env.config().amqp.url.clone();
-        let setup = conn.create_channel().await?;
-        setup
-            .queue_declare(
-                PROBE_QUEUE.into(),
-                fleet_shared::lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .with_context(|| format!("declaring {PROBE_QUEUE}"))?;
-        let _ = setup.close(200, "declared".into()).await;
+        crate::fastlane::declare(control, PROBE_QUEUE).await?;
         let mut rows = Vec::new();
         let mut maxima = Vec::new();
         for kind in [RequestKind::Single, RequestKind::Search] {
