@@ -6,7 +6,7 @@
 //! consume-and-ack ceiling. Each is measured `--fast-rounds` times and the
 //! best round counts, for the fleet and the baselines alike.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use fleet_shared::broker;
@@ -17,7 +17,6 @@ use fleet_shared::lapin::types::FieldTable;
 use fleet_shared::lapin::{BasicProperties, Channel, Confirmation, Connection};
 use fleet_shared::message::{now_millis, outbound_queue, InvalidationRequest, CURRENT_VERSION};
 use fleet_shared::topology::names;
-use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::counter::{join_counter, outbound_ids, request_ids, start_counter};
@@ -27,23 +26,46 @@ use crate::run::{Options, FAST_TYPE, KEY};
 use crate::setup::BenchEnv;
 use crate::worker::{PeakRss, Worker};
 
-/// Publishes `bodies` to `exchange`/`routing_key` as fast as the channel
-/// takes them, awaiting the confirms in bulk at the end (pipelined).
-pub async fn publish_pipelined(
+/// What [`publish`] did: when each message was due, and how far behind its
+/// schedule the publisher fell at worst (the channel took a publish late).
+pub struct Published {
+    pub due: Vec<Instant>,
+    pub worst_lag: Duration,
+}
+
+/// Publishes `bodies` to `exchange`/`routing_key` on one confirm channel,
+/// persistent and mandatory, awaiting the confirms together at the end
+/// (pipelined). With `rate`, the i-th is published when it is due at `rate`
+/// per second; without, each as soon as the channel takes it.
+pub async fn publish(
     conn: &Connection,
     exchange: &str,
     routing_key: &str,
-    bodies: impl Iterator<Item = Vec<u8>>,
-) -> anyhow::Result<()> {
+    bodies: impl IntoIterator<Item = Vec<u8>>,
+    rate: Option<f64>,
+) -> anyhow::Result<Published> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2);
-    let mut confirms = futures::stream::FuturesUnordered::new();
-    for body in bodies {
-        let confirm = ch
-            .basic_publish(
+    let start = Instant::now() + Duration::from_millis(5);
+    let mut due_at = Vec::new();
+    let mut worst_lag = Duration::ZERO;
+    let mut confirms = Vec::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let due = match rate {
+            Some(rate) => {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                due
+            }
+            None => Instant::now(),
+        };
+        confirms.push(
+            ch.basic_publish(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions {
@@ -53,16 +75,32 @@ pub async fn publish_pipelined(
                 &body,
                 props.clone(),
             )
-            .await?;
-        confirms.push(confirm);
+            .await?,
+        );
+        worst_lag = worst_lag.max(Instant::now().saturating_duration_since(due));
+        due_at.push(due);
     }
-    while let Some(c) = confirms.next().await {
-        match c? {
+    for c in confirms {
+        match c.await? {
             Confirmation::Ack(None) => {}
             other => bail!("publish to {exchange}/{routing_key} not confirmed: {other:?}"),
         }
     }
     let _ = ch.close(200, "published".into()).await;
+    Ok(Published {
+        due: due_at,
+        worst_lag,
+    })
+}
+
+/// [`publish`] as fast as the channel takes the messages.
+pub async fn publish_pipelined(
+    conn: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    bodies: impl IntoIterator<Item = Vec<u8>>,
+) -> anyhow::Result<()> {
+    publish(conn, exchange, routing_key, bodies, None).await?;
     Ok(())
 }
 
@@ -150,14 +188,14 @@ pub async fn fast_lane(
     for round in 1..=opts.fast_rounds {
         // The broker's ceiling: consume and ack, nothing else.
         let run = Uuid::new_v4().simple().to_string();
-        publish_pipelined(conn, "", ceiling, bodies(&run).into_iter()).await?;
+        publish_pipelined(conn, "", ceiling, bodies(&run)).await?;
         wait_ready(control, ceiling, n).await?;
         let drained = relay::consume_and_ack(&url, ceiling, prefetch, n).await?;
         out.ceiling.push(drained.rate());
 
         // The pipelined relay.
         let run = Uuid::new_v4().simple().to_string();
-        publish_pipelined(conn, "", relay_in, bodies(&run).into_iter()).await?;
+        publish_pipelined(conn, "", relay_in, bodies(&run)).await?;
         wait_ready(control, relay_in, n).await?;
         let counter =
             start_counter(conn, relay_out, n, Duration::from_secs(60), request_ids).await?;
@@ -176,14 +214,9 @@ pub async fn fast_lane(
 
         // The fleet: a dispatcher subprocess started on the full lane.
         let run = Uuid::new_v4().simple().to_string();
-        publish_pipelined(
-            conn,
-            names::REQUESTS,
-            &FAST_TYPE.snake(),
-            bodies(&run).into_iter(),
-        )
-        .await
-        .context("pre-filling the fast lane")?;
+        publish_pipelined(conn, names::REQUESTS, &FAST_TYPE.snake(), bodies(&run))
+            .await
+            .context("pre-filling the fast lane")?;
         wait_ready(control, names::FAST_LANE, n).await?;
         let counter = start_counter(
             conn,

@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::counter::{join_counter_partial, outbound_ids, start_counter_with, Arrivals};
 use crate::fanout::{fanout_query, fanout_request};
-use crate::fastlane::publish_pipelined;
+use crate::fastlane::{publish, publish_pipelined, Published};
 use crate::report::{thousands, Latency, LatencyRow, Load, RequestKind};
 use crate::run::{Options, FAST_TYPE, KEY};
 use crate::setup::{bench_spec, BenchEnv};
@@ -127,59 +127,6 @@ fn out_queue(kind: RequestKind) -> String {
     }
 }
 
-/// What [`offer`] did: when each request was due, and how far behind its
-/// schedule the publisher fell at worst (the channel took a publish late).
-struct Offered {
-    due: Vec<Instant>,
-    worst_lag: Duration,
-}
-
-/// Publishes `bodies` to the requests exchange, the i-th when it is due at
-/// `rate` per second (confirms awaited at the end).
-async fn offer(conn: &Connection, bodies: Vec<Vec<u8>>, rate: f64) -> anyhow::Result<Offered> {
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2);
-    let start = Instant::now() + Duration::from_millis(5);
-    let mut due_at = Vec::with_capacity(bodies.len());
-    let mut worst_lag = Duration::ZERO;
-    let mut confirms = Vec::with_capacity(bodies.len());
-    for (i, body) in bodies.iter().enumerate() {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        }
-        confirms.push(
-            ch.basic_publish(
-                names::REQUESTS.into(),
-                FAST_TYPE.snake().as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props.clone(),
-            )
-            .await?,
-        );
-        worst_lag = worst_lag.max(Instant::now().saturating_duration_since(due));
-        due_at.push(due);
-    }
-    for c in confirms {
-        match c.await? {
-            Confirmation::Ack(None) => {}
-            other => bail!("a latency request was not confirmed: {other:?}"),
-        }
-    }
-    let _ = ch.close(200, "offered".into()).await;
-    Ok(Offered {
-        due: due_at,
-        worst_lag,
-    })
-}
-
 /// The fleet's maximum for `kind`: `n` requests published as fast as the
 /// channel takes them, first output to last id.
 async fn maximum(
@@ -199,13 +146,7 @@ async fn maximum(
         Arrivals::Skip,
     )
     .await?;
-    publish_pipelined(
-        conn,
-        names::REQUESTS,
-        &FAST_TYPE.snake(),
-        bodies.into_iter(),
-    )
-    .await?;
+    publish_pipelined(conn, names::REQUESTS, &FAST_TYPE.snake(), bodies).await?;
     let counted = join_counter_partial(counter).await?;
     if let Some(why) = counted.stalled {
         bail!("measuring the maximum of {kind} requests: {why}");
@@ -248,7 +189,16 @@ async fn phase(
         probe_conn.create_channel().await?,
         stop_probe.clone(),
     ));
-    let offered = offer(conn, bodies, rate).await;
+    // Each request is timed from when it was due, so a publisher that falls
+    // behind cannot hide latency.
+    let offered = publish(
+        conn,
+        names::REQUESTS,
+        &FAST_TYPE.snake(),
+        bodies,
+        Some(rate),
+    )
+    .await;
     let counted = match &offered {
         Ok(_) => join_counter_partial(counter).await,
         Err(e) => Err(anyhow::anyhow!("offering the requests: {e:#}")),
@@ -257,7 +207,7 @@ async fn phase(
     let mut probe_rtts = probe.await.context("the confirm probe panicked")??;
     let _ = probe_conn.close(200, "probed".into()).await;
     probe_rtts.sort();
-    let Offered { due, worst_lag } = offered?;
+    let Published { due, worst_lag } = offered?;
     let counted = counted?;
     let mut latencies: Vec<Duration> = Vec::with_capacity(contents.len());
     let mut lost = 0u64;

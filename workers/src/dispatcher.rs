@@ -236,15 +236,11 @@ impl Handler for Dispatcher {
         // The de-duplication key is the request id with a digest of what
         // the request asks: a producer that reuses an id for another
         // request gets that request processed, never silently dropped.
-        let remembered = v.request.parameter_name != "id";
-        let digest = if remembered {
-            v.request.content_digest(&v.index_keys)
-        } else {
-            String::new()
-        };
-        if remembered {
+        let digest =
+            (v.request.parameter_name != "id").then(|| v.request.content_digest(&v.index_keys));
+        if let Some(digest) = &digest {
             match self.kv.done(REQUEST_SCOPE, &v.request_id).await {
-                Ok(Some(done)) if done == digest => {
+                Ok(Some(done)) if &done == digest => {
                     tracing::debug!(request_id = %v.request_id, "Request already processed; acking the duplicate.");
                     return Ok(());
                 }
@@ -263,7 +259,7 @@ impl Handler for Dispatcher {
             }
         }
         self.dispatch(&v, window_start).await.map_err(tag)?;
-        if remembered {
+        if let Some(digest) = digest {
             // The outputs are confirmed and the delivery is acked next; the
             // mark only guards against a later duplicate, so it need not
             // hold up the ack.
