@@ -159,6 +159,7 @@ async fn maximum(
 #[allow(clippy::too_many_arguments)]
 async fn phase(
     url: &str,
+    metrics_url: &str,
     conn: &Connection,
     ids: &mut Ids,
     kind: RequestKind,
@@ -183,6 +184,8 @@ async fn phase(
         Arrivals::Record,
     )
     .await?;
+    let http = reqwest::Client::new();
+    let before = crate::metrics::scrape(&http, metrics_url).await?;
     let probe_conn = broker::connect(url, &broker::Identity::new("bench-probe"), "probe").await?;
     let stop_probe = tokio_util::sync::CancellationToken::new();
     let probe = tokio::spawn(probe_confirms(
@@ -209,6 +212,17 @@ async fn phase(
     probe_rtts.sort();
     let Published { due, worst_lag } = offered?;
     let counted = counted?;
+    // The fleet's own account: from a fast-lane delivery to its ack. What
+    // the row's latency has beyond it was spent before the delivery (in the
+    // producer's connection and the queue) or after the outbound publish.
+    let after = crate::metrics::scrape(&http, metrics_url).await?;
+    let in_fleet_p99 = crate::metrics::quantile_bound(
+        &before,
+        &after,
+        "fleet_message_handling_seconds",
+        &[&format!("queue=\"{}\"", names::FAST_LANE)],
+        0.99,
+    );
     let mut latencies: Vec<Duration> = Vec::with_capacity(contents.len());
     let mut lost = 0u64;
     for (id, due) in contents.iter().zip(&due) {
@@ -231,15 +245,17 @@ async fn phase(
         max_ms: pick(1.0),
         probe_p50_ms: quantile_ms(&probe_rtts, 0.50),
         probe_p99_ms: quantile_ms(&probe_rtts, 0.99),
+        in_fleet_p99_ms: in_fleet_p99.map(|s| s * 1000.0),
     };
     eprintln!(
         "  {kind}, {load}, {percent} % ({} requests/s, {} requests): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
-         broker confirm probe p50 {:.1} ms, p99 {:.1} ms; publisher at worst {:.1} ms behind{}",
+         in the fleet p99 ≤ {}; broker confirm probe p50 {:.1} ms, p99 {:.1} ms; publisher at worst {:.1} ms behind{}",
         thousands(rate),
         thousands(n as f64),
         row.p50_ms,
         row.p99_ms,
         row.max_ms,
+        crate::report::bound_ms(row.in_fleet_p99_ms),
         row.probe_p50_ms,
         row.probe_p99_ms,
         worst_lag.as_secs_f64() * 1000.0,
@@ -476,7 +492,20 @@ pub async fn latency(
                 for percent in PERCENTS {
                     worker.check_alive()?;
                     let rate = max * f64::from(percent) / 100.0;
-                    rows.push(phase(&url, conn, &mut ids, kind, load, percent, rate, secs).await?);
+                    rows.push(
+                        phase(
+                            &url,
+                            &worker.metrics_url,
+                            conn,
+                            &mut ids,
+                            kind,
+                            load,
+                            percent,
+                            rate,
+                            secs,
+                        )
+                        .await?,
+                    );
                 }
             }
         }

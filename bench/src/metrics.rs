@@ -49,6 +49,33 @@ impl Scrape {
             .sum()
     }
 
+    /// The cumulative counts of histogram `name`'s buckets, summed over the
+    /// series whose labels contain each of `with`, by upper bound
+    /// (ascending; `+Inf` last).
+    pub fn buckets(&self, name: &str, with: &[&str]) -> Vec<(f64, f64)> {
+        let bucket = format!("{name}_bucket");
+        let mut by_le: Vec<(f64, f64)> = Vec::new();
+        for (n, labels, value) in &self.lines {
+            if *n != bucket || !with.iter().all(|w| labels.contains(w)) {
+                continue;
+            }
+            let Some(le) = labels
+                .split(',')
+                .find_map(|l| l.trim().strip_prefix("le=\""))
+                .map(|v| v.trim_end_matches('"'))
+                .and_then(|v| v.parse::<f64>().ok())
+            else {
+                continue;
+            };
+            match by_le.iter_mut().find(|(l, _)| *l == le) {
+                Some((_, count)) => *count += value,
+                None => by_le.push((le, *value)),
+            }
+        }
+        by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
+        by_le
+    }
+
     /// A gauge without labels.
     pub fn gauge(&self, name: &str) -> Option<f64> {
         self.lines
@@ -56,6 +83,39 @@ impl Scrape {
             .find(|(n, labels, _)| n == name && labels.is_empty())
             .map(|(_, _, v)| *v)
     }
+}
+
+/// The upper bound (seconds) of the bucket that holds quantile `q` of what
+/// histogram `name` recorded between the scrapes `before` and `after`, over
+/// the series whose labels contain each of `with`: the quantile is at most
+/// that. `None` when nothing was recorded; infinite past the last bound.
+pub fn quantile_bound(
+    before: &Scrape,
+    after: &Scrape,
+    name: &str,
+    with: &[&str],
+    q: f64,
+) -> Option<f64> {
+    let earlier = before.buckets(name, with);
+    let recorded: Vec<(f64, f64)> = after
+        .buckets(name, with)
+        .into_iter()
+        .map(|(le, count)| {
+            let was = earlier
+                .iter()
+                .find(|(l, _)| *l == le)
+                .map_or(0.0, |(_, c)| *c);
+            (le, count - was)
+        })
+        .collect();
+    let total = recorded.last().map_or(0.0, |(_, c)| *c);
+    if total <= 0.0 {
+        return None;
+    }
+    recorded
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
 }
 
 /// Reads `url` (a worker's `/metrics`).
@@ -163,6 +223,33 @@ mod tests {
         assert_eq!(
             (seen.min, seen.max, seen.mean(), seen.in_flight_max),
             (2.0, 4.0, 3.0, 4.0)
+        );
+    }
+
+    #[test]
+    fn a_quantile_is_bounded_by_the_buckets_filled_between_two_scrapes() {
+        let at = |fast: [u32; 4], bulk: u32| {
+            let mut text = String::new();
+            for (le, n) in ["0.01", "0.1", "1", "+Inf"].iter().zip(fast) {
+                text += &format!("h_bucket{{queue=\"fast\",outcome=\"done\",le=\"{le}\"}} {n}\n");
+                text +=
+                    &format!("h_bucket{{queue=\"bulk\",outcome=\"done\",le=\"{le}\"}} {bulk}\n");
+            }
+            Scrape::parse(&text)
+        };
+        let before = at([10, 10, 10, 10], 5);
+        // 100 more fast-lane messages: 90 within 10 ms, 9 more within
+        // 100 ms, the last one within a second.
+        let after = at([100, 109, 110, 110], 500);
+        let fast = ["queue=\"fast\""];
+        assert_eq!(quantile_bound(&before, &after, "h", &fast, 0.5), Some(0.01));
+        assert_eq!(quantile_bound(&before, &after, "h", &fast, 0.99), Some(0.1));
+        assert_eq!(quantile_bound(&before, &after, "h", &fast, 1.0), Some(1.0));
+        assert_eq!(quantile_bound(&after, &after, "h", &fast, 0.99), None);
+        let slow = at([10, 10, 10, 20], 5);
+        assert_eq!(
+            quantile_bound(&before, &slow, "h", &fast, 0.99),
+            Some(f64::INFINITY)
         );
     }
 }

@@ -124,7 +124,7 @@ pub const METRICS: &[Metric] = &[
         name: "fleet_message_handling_seconds",
         kind: MetricKind::Histogram,
         seconds: true,
-        help: "Time from delivery to the message's end, by worker and outcome.",
+        help: "Time from delivery to the message's end, by worker, queue and outcome (the fast and the bulk lane apart).",
     },
     Metric {
         name: "fleet_content_ids_published_total",
@@ -259,7 +259,7 @@ fn describe() {
 /// One message reached its end: done, retried, parked, dead_lettered, returned.
 pub fn message_outcome(worker: &str, queue: &str, outcome: &'static str, elapsed: Duration) {
     metrics::counter!("fleet_messages_total", "worker" => worker.to_string(), "queue" => queue.to_string(), "outcome" => outcome).increment(1);
-    metrics::histogram!("fleet_message_handling_seconds", "worker" => worker.to_string(), "outcome" => outcome).record(elapsed.as_secs_f64());
+    metrics::histogram!("fleet_message_handling_seconds", "worker" => worker.to_string(), "queue" => queue.to_string(), "outcome" => outcome).record(elapsed.as_secs_f64());
 }
 
 /// Content ids confirmed on an outbound queue.
