@@ -431,16 +431,14 @@ pub async fn latency(
         next_search: 0,
     };
     // The search server shares the two cores with the broker and the fleet
-    // here; in production it has machines of its own. At nice 19 it still
-    // gets every cycle the others leave, but a saturating bulk scan no
-    // longer takes a core from the fast lane's broker and worker.
-    if let (Some(pid), true) = (env.search_pid(), opts.latency_nice_search) {
-        let reniced = std::process::Command::new("renice")
-            .args(["-n", "19", "-p", &pid.to_string()])
-            .stdout(std::process::Stdio::null())
-            .status();
-        if !reniced.is_ok_and(|s| s.success()) {
-            eprintln!("  note: could not renice osmem-server (pid {pid}); it keeps its priority.");
+    // here; in production it has machines of its own. At the lowest
+    // priority (its process and its session's group, see
+    // `Osmem::lower_priority`) it still gets every cycle the others leave,
+    // but a saturating bulk scan no longer takes a core from the broker and
+    // the fleet.
+    if let (Some(osmem), true) = (env.osmem(), opts.latency_nice_search) {
+        for failure in osmem.lower_priority() {
+            eprintln!("  note: could not lower osmem-server's priority: {failure}.");
         }
     }
     let mut worker = Worker::spawn(env, &["--all"], "latency-fleet", None).await?;

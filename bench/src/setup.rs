@@ -73,8 +73,9 @@ impl BenchEnv {
     }
 
     /// The process id of the run's own search server (none with `--search-url`).
-    pub fn search_pid(&self) -> Option<u32> {
-        self.osmem.as_ref().map(|o| o.pid)
+    /// The search server this run started, if any (`--search-url` starts none).
+    pub fn osmem(&self) -> Option<&Osmem> {
+        self.osmem.as_ref()
     }
 
     /// The configuration of the run (sandbox URLs, search, bench settings).
@@ -123,6 +124,8 @@ impl BenchEnv {
             log: Some(self.logs.join("osmem.log")),
             memory_limit_mib: Some(1024 + opts.docs * 24 / 1024),
             start_timeout: Duration::from_secs(60),
+            // So the latency part can lower its priority as a whole.
+            own_session: true,
             ..OsmemOptions::default()
         })
         .await

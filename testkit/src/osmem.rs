@@ -55,6 +55,9 @@ pub struct OsmemOptions {
     /// How long the server may take to print its address (loading a seed
     /// directory happens before that).
     pub start_timeout: Duration,
+    /// Start the server in a session of its own, so that its CPU priority
+    /// can be lowered against every other process ([`Osmem::lower_priority`]).
+    pub own_session: bool,
 }
 
 impl Default for OsmemOptions {
@@ -65,6 +68,7 @@ impl Default for OsmemOptions {
             log: None,
             memory_limit_mib: None,
             start_timeout: Duration::from_secs(180),
+            own_session: false,
         }
     }
 }
@@ -76,6 +80,7 @@ pub struct Osmem {
     pub url: String,
     /// Process id, for reading its memory from `/proc`.
     pub pid: u32,
+    own_session: bool,
     child: tokio::process::Child,
 }
 
@@ -118,6 +123,19 @@ impl Osmem {
             ),
             None => Stdio::null(),
         };
+        #[cfg(unix)]
+        if opts.own_session {
+            // SAFETY: `setsid` is async-signal-safe and touches nothing of
+            // the parent's; it runs in the child between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -151,7 +169,42 @@ impl Osmem {
             .as_str()
             .with_context(|| format!("osmem-server's first line has no url: {line}"))?
             .to_string();
-        Ok(Osmem { url, pid, child })
+        Ok(Osmem {
+            url,
+            pid,
+            own_session: opts.own_session,
+            child,
+        })
+    }
+
+    /// Lowers the server's CPU priority as far as it goes (nice 19), so it
+    /// gets the cycles the broker, the fleet and the bench leave: a search
+    /// cluster on machines of its own, as far as one machine can pretend.
+    ///
+    /// The nice value alone is not enough where the kernel groups processes
+    /// by session (`kernel.sched_autogroup_enabled`, on by default in
+    /// Debian): nice then orders processes only within a session, and the
+    /// CPU is shared between sessions as equals, so a broker started in
+    /// another session would still split the machine with the server. A
+    /// server started with `own_session` has its session's group lowered
+    /// too. Returns what could not be done, in words.
+    pub fn lower_priority(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        // SAFETY: changing another process's priority; no memory is shared.
+        let reniced = unsafe { libc::setpriority(libc::PRIO_PROCESS, self.pid as libc::id_t, 19) };
+        if reniced != 0 {
+            failed.push(format!("nice 19: {}", std::io::Error::last_os_error()));
+        }
+        if self.own_session {
+            let path = format!("/proc/{}/autogroup", self.pid);
+            // Absent without autogroup support: nothing to lower then.
+            if std::path::Path::new(&path).exists() {
+                if let Err(e) = std::fs::write(&path, "19") {
+                    failed.push(format!("its session's group ({path}): {e}"));
+                }
+            }
+        }
+        failed
     }
 
     /// Stops the server and waits for it to exit.
