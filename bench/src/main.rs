@@ -114,8 +114,9 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     latency_secs: u64,
     /// During the latency part, run the bench's own osmem-server at its
-    /// normal priority instead of nice 19 (the search cluster then competes
-    /// with the broker and the workers for the same cores).
+    /// normal priority instead of the lowest (nice 19, its session's
+    /// scheduling group too): the search cluster then competes with the
+    /// broker and the workers for the same cores.
     #[arg(long)]
     latency_search_same_priority: bool,
     /// Measurements to run (comma-separated).

@@ -130,7 +130,12 @@ pub async fn memory(
                 ids,
                 tasks: plan.len(),
                 secs,
-                peak_kib: peak,
+                // The sampler reads every 20 ms and can miss a short spike;
+                // the kernel's high-water mark cannot. That mark is the
+                // process's, so for the second phase it is at least the
+                // first's peak: the larger figure can only overstate a
+                // phase's memory, never understate it.
+                peak_kib: peak.max(hwm),
                 hwm_kib: hwm,
             });
         }

@@ -486,7 +486,7 @@ pub fn report(r: &Results, opts: &Options, machine: &str, command_line: &str) ->
     if let Some(m) = &r.memory {
         let _ = writeln!(
             s,
-            "- memory: partition worker idle {}; {} ids in {:.1} s, peak {} (VmHWM {}); {} ids in {} tasks one after another in {:.1} s, peak {} (VmHWM {}); sampled every {} ms.",
+            "- memory: partition worker idle {}; {} ids in {:.1} s, peak {} (VmHWM {}); {} ids in {} tasks one after another in {:.1} s, peak {} (VmHWM {}); RSS sampled every {} ms, a peak is the larger of the samples' and the process's high-water mark (VmHWM, which a sample can miss no spike of).",
             mib(m.idle_kib),
             thousands(m.small.ids as f64),
             m.small.secs,

@@ -122,7 +122,8 @@ pub struct Options {
     pub latency_docs: u64,
     /// Seconds of offered load per latency row.
     pub latency_secs: u64,
-    /// Run the run's own osmem-server at nice 19 during the latency part.
+    /// Run the run's own osmem-server at the lowest priority during the
+    /// latency part (`Osmem::lower_priority`).
     pub latency_nice_search: bool,
     /// The measurements to run.
     pub parts: Vec<Part>,

@@ -244,3 +244,41 @@ pub async fn catalogue_clone() -> String {
         .unwrap();
     v["url"].as_str().expect("clone url").to_string()
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::{Osmem, OsmemOptions};
+
+    /// The nice value of `pid`: field 19 of `/proc/<pid>/stat`, counted
+    /// after the command name (which may hold spaces) ends with `)`.
+    fn nice_of(pid: u32) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_server_in_its_own_session_is_lowered_with_its_session() {
+        let ours_before = nice_of(std::process::id());
+        let server = Osmem::launch(&OsmemOptions {
+            own_session: true,
+            ..OsmemOptions::default()
+        })
+        .await
+        .unwrap();
+        // SAFETY: reading process attributes.
+        let (its_session, ours) =
+            unsafe { (libc::getsid(server.pid as libc::pid_t), libc::getsid(0)) };
+        assert_eq!(its_session, server.pid as libc::pid_t, "it leads a session");
+        assert_ne!(its_session, ours);
+        assert_eq!(server.lower_priority(), Vec::<String>::new());
+        assert_eq!(nice_of(server.pid), 19);
+        let group = format!("/proc/{}/autogroup", server.pid);
+        if let Ok(text) = std::fs::read_to_string(&group) {
+            assert!(text.trim_end().ends_with("nice 19"), "{group}: {text}");
+        }
+        // The test's own process keeps its priority.
+        assert_eq!(nice_of(std::process::id()), ours_before);
+        server.kill().await;
+    }
+}
