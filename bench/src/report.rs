@@ -278,7 +278,7 @@ pub struct LatencyRow {
 pub fn bound_ms(ms: Option<f64>) -> String {
     match ms {
         Some(ms) if ms.is_finite() => format!("{ms:.0} ms"),
-        Some(_) => "over 30 s".into(),
+        Some(_) => "past the largest bucket".into(),
         None => "n/a".into(),
     }
 }
@@ -545,7 +545,7 @@ fn latency_details(s: &mut String, l: &Latency) {
          outbound queue; {} s of offered load per row; measured maxima: {maxima}; search requests over a {}-document index; \
          \"in the fleet\" is the fleet's own `fleet_message_handling_seconds` of the fast lane, from a delivery to its ack, \
          as the bound of the histogram bucket that holds its p99 — the rest of a request's latency was spent before \
-         its delivery, in the producer's connection and the queue):\n",
+         its delivery (in the producer's connection and the queue) or after the outbound publish):\n",
         l.secs,
         thousands(l.search_docs as f64)
     );

@@ -72,7 +72,6 @@ impl BenchEnv {
         Ok(())
     }
 
-    /// The process id of the run's own search server (none with `--search-url`).
     /// The search server this run started, if any (`--search-url` starts none).
     pub fn osmem(&self) -> Option<&Osmem> {
         self.osmem.as_ref()
