@@ -76,12 +76,16 @@ impl Scrape {
         by_le
     }
 
-    /// A gauge without labels.
-    pub fn gauge(&self, name: &str) -> Option<f64> {
-        self.lines
+    /// The sum of the series of gauge `name` whose labels contain each of
+    /// `with`; `None` when there is none.
+    pub fn gauge(&self, name: &str, with: &[&str]) -> Option<f64> {
+        let mut series = self
+            .lines
             .iter()
-            .find(|(n, labels, _)| n == name && labels.is_empty())
-            .map(|(_, _, v)| *v)
+            .filter(|(n, labels, _)| n == name && with.iter().all(|w| labels.contains(w)))
+            .peekable();
+        series.peek()?;
+        Some(series.map(|(_, _, v)| v).sum())
     }
 }
 
@@ -164,8 +168,12 @@ impl LimitSeen {
     }
 }
 
-/// Samples `fleet_search_concurrency_limit` and `fleet_search_in_flight` of
-/// the worker at `url` until `stop`.
+/// The label of the limit the partition worker's searches take (the
+/// dispatcher's fast lane has its own).
+const SHARED_LIMIT: &str = "limiter=\"shared\"";
+
+/// Samples the shared `fleet_search_concurrency_limit` and
+/// `fleet_search_in_flight` of the worker at `url` until `stop`.
 pub fn sample_limit(url: String, stop: CancellationToken) -> JoinHandle<LimitSeen> {
     tokio::spawn(async move {
         let http = reqwest::Client::builder()
@@ -180,8 +188,10 @@ pub fn sample_limit(url: String, stop: CancellationToken) -> JoinHandle<LimitSee
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
                     if let Ok(s) = scrape(&http, &url).await {
-                        if let Some(limit) = s.gauge("fleet_search_concurrency_limit") {
-                            seen.add(limit, s.gauge("fleet_search_in_flight").unwrap_or(0.0));
+                        let shared = [SHARED_LIMIT];
+                        if let Some(limit) = s.gauge("fleet_search_concurrency_limit", &shared) {
+                            let in_flight = s.gauge("fleet_search_in_flight", &shared);
+                            seen.add(limit, in_flight.unwrap_or(0.0));
                         }
                     }
                 }
@@ -203,8 +213,9 @@ mod tests {
              fleet_messages_total{worker=\"partition\",queue=\"q\",outcome=\"done\"} 25\n\
              fleet_messages_total{worker=\"partition\",queue=\"q\",outcome=\"retried\"} 2\n\
              fleet_messages_total{worker=\"dispatcher\",queue=\"b\",outcome=\"done\"} 1\n\
-             fleet_search_concurrency_limit 4\n\
-             fleet_search_in_flight 3\n",
+             fleet_search_concurrency_limit{limiter=\"shared\"} 4\n\
+             fleet_search_concurrency_limit{limiter=\"fast_lane\"} 1\n\
+             fleet_search_in_flight{limiter=\"shared\"} 3\n",
         );
         assert_eq!(s.sum("fleet_messages_total", &[], &[]), 28.0);
         assert_eq!(
@@ -215,8 +226,12 @@ mod tests {
             s.sum("fleet_messages_total", &[], &["outcome=\"done\""]),
             2.0
         );
-        assert_eq!(s.gauge("fleet_search_concurrency_limit"), Some(4.0));
-        assert_eq!(s.gauge("fleet_search_errors_total"), None);
+        assert_eq!(
+            s.gauge("fleet_search_concurrency_limit", &[SHARED_LIMIT]),
+            Some(4.0)
+        );
+        assert_eq!(s.gauge("fleet_search_concurrency_limit", &[]), Some(5.0));
+        assert_eq!(s.gauge("fleet_search_errors_total", &[]), None);
         let mut seen = LimitSeen::default();
         seen.add(4.0, 4.0);
         seen.add(2.0, 1.0);

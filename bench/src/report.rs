@@ -597,7 +597,7 @@ fn fanout_details(s: &mut String, f: &Fanout) {
         "\nFan-out by search concurrency: one `fleet run dispatcher partition` subprocess per row, in this order, \
          the same request over the same index; partition prefetch {} (at most that many tasks at once per process); \
          adaptive = `search.concurrency_min/initial/max` {}/{}/{}, slow after {:?}. \
-         \"Limit\" and \"in flight\" are the worker's `fleet_search_concurrency_limit` and `fleet_search_in_flight`, \
+         \"Limit\" and \"in flight\" are the worker's `fleet_search_concurrency_limit` and `fleet_search_in_flight` (`limiter=\"shared\"`), \
          sampled every {} ms.\n",
         f.partition_prefetch,
         b.min,

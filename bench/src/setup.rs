@@ -33,6 +33,9 @@ pub struct BenchEnv {
     pub logs: PathBuf,
     /// The `fleet` binary of the workers (`None`: this binary).
     fleet_bin: Option<PathBuf>,
+    /// Indices the run created in a cluster it did not start
+    /// (`--search-url`): [`cleanup`](Self::cleanup) deletes them.
+    created_indices: Vec<String>,
 }
 
 impl BenchEnv {
@@ -52,6 +55,7 @@ impl BenchEnv {
             osmem: None,
             logs,
             fleet_bin: opts.fleet_bin.clone(),
+            created_indices: Vec::new(),
         })
     }
 
@@ -168,6 +172,10 @@ impl BenchEnv {
         let pid = self.osmem.as_ref().map_or(0, |o| o.pid);
         let url = self.config().search.url.clone();
         let t = Instant::now();
+        if self.osmem.is_none() {
+            // Noted before the load, so a half-loaded index goes too.
+            self.created_indices.push(index.clone());
+        }
         let n = bulk_load(&url, &index, &spec, 1, pid).await?;
         eprintln!(
             "  loaded {} documents into {index} in {:.0} s.",
@@ -187,6 +195,11 @@ impl BenchEnv {
         if let Some(server) = self.osmem.take() {
             server.kill().await;
         }
+        for index in std::mem::take(&mut self.created_indices) {
+            if let Err(e) = delete_index(&self.config().search.url, &index).await {
+                eprintln!("warning: the run's index {index} is left in the search cluster: {e:#}");
+            }
+        }
         for e in self.sandbox.remove().await {
             eprintln!("warning: {e:#}");
         }
@@ -202,6 +215,21 @@ pub fn bench_spec(opts: &Options) -> Spec {
         suppliers: opts.suppliers,
         ..Spec::default()
     }
+}
+
+/// Deletes `index` (one the run created); an index already gone is fine.
+async fn delete_index(url: &str, index: &str) -> anyhow::Result<()> {
+    let res = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()?
+        .delete(format!("{}/{index}", url.trim_end_matches('/')))
+        .send()
+        .await?;
+    if !res.status().is_success() && res.status() != reqwest::StatusCode::NOT_FOUND {
+        bail!("{}: {}", res.status(), res.text().await.unwrap_or_default());
+    }
+    Ok(())
 }
 
 /// Creates `index` with the catalogue's mapping and loads the documents of

@@ -214,13 +214,13 @@ pub const METRICS: &[Metric] = &[
         name: "fleet_search_concurrency_limit",
         kind: MetricKind::Gauge,
         seconds: false,
-        help: "The adaptive bound on concurrent search requests of this process.",
+        help: "The adaptive bound on concurrent search requests, by limiter: `shared` (every search call of the process) and, in a dispatcher, `fast_lane` (the fast lane's own).",
     },
     Metric {
         name: "fleet_search_in_flight",
         kind: MetricKind::Gauge,
         seconds: false,
-        help: "Search requests of this process running now.",
+        help: "Search requests running now, by limiter (`shared`, `fast_lane`).",
     },
     Metric {
         name: "fleet_events_published_total",
@@ -288,11 +288,11 @@ pub fn search_backoff(operation: &'static str, class: &'static str) {
         .increment(1);
 }
 
-/// The adaptive bound on concurrent search requests of this process, and
-/// how many run now.
-pub fn search_concurrency(limit: usize, in_flight: usize) {
-    metrics::gauge!("fleet_search_concurrency_limit").set(limit as f64);
-    metrics::gauge!("fleet_search_in_flight").set(in_flight as f64);
+/// The adaptive bound of one search limiter, and how many of its requests
+/// run now.
+pub fn search_concurrency(limiter: &'static str, limit: usize, in_flight: usize) {
+    metrics::gauge!("fleet_search_concurrency_limit", "limiter" => limiter).set(limit as f64);
+    metrics::gauge!("fleet_search_in_flight", "limiter" => limiter).set(in_flight as f64);
 }
 
 /// Hits of one request's scan that had no usable `id`: counted and reported,

@@ -168,6 +168,11 @@ pub async fn run(
             },
         }
     }
+    if !config.worker.metrics_listen.is_empty() {
+        // The recorder first: what connecting sets (each search limit's
+        // starting bound) is reported from the start, not from first use.
+        telemetry::metrics_handle();
+    }
     let services = Services::connect(config.clone(), kinds).await?;
     // Every consumer loop of this process reports here; a queue the broker
     // stopped delivering from fails the health check until it is back.
@@ -251,7 +256,10 @@ pub async fn run(
                 fast_ctx.consumers = consumers.clone();
                 let fast = Dispatcher::new(
                     fast_ctx.clone(),
-                    Search::new(&config.search)?,
+                    s.search
+                        .as_ref()
+                        .expect("search")
+                        .with_own_limit("fast_lane"),
                     s.db.clone().expect("db"),
                     s.kv.clone().expect("kv"),
                     lanes.clone(),

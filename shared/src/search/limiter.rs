@@ -76,12 +76,15 @@ struct State {
 
 #[derive(Debug)]
 struct Inner {
+    /// The `limiter` label of its gauges (`shared`, `fast_lane`).
+    name: &'static str,
     sem: Arc<Semaphore>,
     bounds: Bounds,
     state: Mutex<State>,
 }
 
-/// Cheap to clone: clones share one limit (one per process in the workers).
+/// Cheap to clone: clones share one limit. A worker process has one,
+/// `shared`, plus the dispatcher fast lane's own, `fast_lane`.
 #[derive(Debug, Clone)]
 pub struct Limiter {
     inner: Arc<Inner>,
@@ -97,11 +100,13 @@ pub struct Snapshot {
 }
 
 impl Limiter {
-    pub fn new(bounds: Bounds) -> Self {
+    /// A limiter reported as `limiter="<name>"`.
+    pub fn new(name: &'static str, bounds: Bounds) -> Self {
         let bounds = bounds.normalised();
-        telemetry::search_concurrency(bounds.initial, 0);
+        telemetry::search_concurrency(name, bounds.initial, 0);
         Limiter {
             inner: Arc::new(Inner {
+                name,
                 sem: Arc::new(Semaphore::new(bounds.initial)),
                 bounds,
                 state: Mutex::new(State {
@@ -136,7 +141,7 @@ impl Limiter {
         let mut st = self.lock();
         st.in_flight += 1;
         st.peak = st.peak.max(st.in_flight);
-        telemetry::search_concurrency(st.limit, st.in_flight);
+        telemetry::search_concurrency(self.inner.name, st.limit, st.in_flight);
         Permit {
             limiter: self.clone(),
             permit: Some(permit),
@@ -213,7 +218,7 @@ impl Limiter {
         } else {
             drop(permit);
         }
-        telemetry::search_concurrency(st.limit, st.in_flight);
+        telemetry::search_concurrency(self.inner.name, st.limit, st.in_flight);
     }
 }
 
@@ -251,12 +256,15 @@ mod tests {
     const SLOW: Outcome = Outcome::Success(Duration::from_secs(60));
 
     fn limiter(min: usize, initial: usize, max: usize) -> Limiter {
-        Limiter::new(Bounds {
-            min,
-            initial,
-            max,
-            slow_after: Duration::from_secs(1),
-        })
+        Limiter::new(
+            "test",
+            Bounds {
+                min,
+                initial,
+                max,
+                slow_after: Duration::from_secs(1),
+            },
+        )
     }
 
     fn check(l: &Limiter, held: usize) {

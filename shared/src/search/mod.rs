@@ -195,7 +195,8 @@ pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration
 pub struct Search {
     client: Elasticsearch,
     cfg: SearchConfig,
-    /// Shared by every clone: one bound per process.
+    /// Shared by every clone: one bound per process, except where a lane
+    /// takes its own ([`with_own_limit`](Self::with_own_limit)).
     limiter: Limiter,
 }
 
@@ -227,8 +228,22 @@ impl Search {
         Ok(Self {
             client: Elasticsearch::new(transport),
             cfg: cfg.clone(),
-            limiter: Limiter::new(cfg.concurrency_bounds()),
+            limiter: Limiter::new(Self::SHARED_LIMIT, cfg.concurrency_bounds()),
         })
+    }
+
+    /// The `limiter` label of the process-wide limit.
+    pub const SHARED_LIMIT: &'static str = "shared";
+
+    /// This client (the same connections) under a search limit of its own,
+    /// reported as `limiter="<name>"`: calls through it never wait for a
+    /// permit the shared limit's calls hold, nor hold one they wait for.
+    pub fn with_own_limit(&self, name: &'static str) -> Self {
+        Self {
+            client: self.client.clone(),
+            cfg: self.cfg.clone(),
+            limiter: Limiter::new(name, self.cfg.concurrency_bounds()),
+        }
     }
 
     pub fn config(&self) -> &SearchConfig {

@@ -311,6 +311,22 @@ async fn a_dispatcher_logs_each_message_with_its_request_and_serves_probes_and_v
         .await
         .unwrap();
     assert!(text.contains("# HELP fleet_messages_total"), "{text}");
+    // The dispatcher's two search limits are reported apart: an operator
+    // sees the fast lane's bound, not whichever limiter wrote last.
+    let initial = env.config.search.concurrency_bounds().initial as f64;
+    for limiter in ["shared", "fast_lane"] {
+        let want = [("limiter", limiter)];
+        assert_eq!(
+            sample(&text, "fleet_search_concurrency_limit", &want),
+            Some(initial),
+            "{limiter}: {text}"
+        );
+        assert_eq!(
+            sample(&text, "fleet_search_in_flight", &want),
+            Some(0.0),
+            "{limiter}: {text}"
+        );
+    }
     let (ok, said) = promtool_check(&text).await;
     assert!(ok, "promtool check metrics: {said}\n{text}");
 
