@@ -47,13 +47,43 @@ where
     }
 }
 
-/// The identity test code publishes under.
-/// A loopback port nothing listens on right now (bound, then released).
+/// A loopback port nothing listens on right now (bound, then released),
+/// outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+///
+/// Tests stop a server and start it again on the same port. A port from
+/// the ephemeral range can meanwhile become the local end of any outgoing
+/// connection on the machine, or of a client retrying that very address
+/// (the kernel then connects it to itself), and the restart fails with
+/// "address in use": a clean CI run saw osmem-server exit at start-up that
+/// way. A port below the range is only ever taken by an explicit bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port on loopback")
-        .port()
+    use rand::Rng;
+    let (low, high) = ephemeral_range();
+    let below = 10_000..low.max(10_000);
+    let above = high.saturating_add(1).max(10_000)..=u16::MAX;
+    let mut rng = rand::rng();
+    for _ in 0..500 {
+        let port = if below.len() >= 1_000 {
+            rng.random_range(below.clone())
+        } else {
+            rng.random_range(above.clone())
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port outside the ephemeral range {low}-{high}")
+}
+
+/// The kernel's ephemeral port range; Linux's default when unreadable.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// An HTTP URL where nothing listens: every call is refused at once.
@@ -61,6 +91,7 @@ pub fn refused_url() -> String {
     format!("http://127.0.0.1:{}", free_port())
 }
 
+/// The identity test code publishes under.
 pub fn identity() -> Identity {
     Identity::new("test")
 }
@@ -73,4 +104,20 @@ pub fn header(t: &Taken, key: &str) -> String {
 /// A header of a field table as text.
 pub fn text_header(table: Option<&FieldTable>, key: &str) -> Option<String> {
     header_text(table, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_port_is_bindable_and_never_one_the_kernel_hands_out() {
+        let (low, high) = ephemeral_range();
+        for _ in 0..50 {
+            let port = free_port();
+            assert!(!(low..=high).contains(&port), "{port} in {low}-{high}");
+            assert!(port >= 10_000, "{port}");
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("free");
+        }
+    }
 }

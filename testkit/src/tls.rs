@@ -7,7 +7,6 @@
 //! checks the host name (or address) a client dialled against the subject
 //! alternative names, and PostgreSQL's `verify-full` does too.
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
@@ -169,7 +168,7 @@ impl TlsProxy {
     /// Starts the terminator with `ca`'s server certificate and waits until
     /// it accepts connections.
     pub fn start(ca: &TestCa, target: u16) -> anyhow::Result<TlsProxy> {
-        let port = free_port()?;
+        let port = crate::free_port();
         let listen = format!(
             "OPENSSL-LISTEN:{port},bind=127.0.0.1,cert={},key={},verify=0,fork,reuseaddr",
             ca.cert.display(),
@@ -210,9 +209,4 @@ impl Drop for TlsProxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -22,12 +22,13 @@ pub use rabbit::RabbitNode;
 pub use redis::RedisServer;
 pub use search::{SearchServer, SearchSpec};
 
-/// A port nothing listens on right now (the kernel's pick). Another process
-/// could take it before we bind it; the services then fail to start and
-/// say so, which is rare enough on one machine.
+/// A port nothing listens on right now, outside the kernel's ephemeral
+/// range: these services are stopped and started again on the same port,
+/// and no outgoing connection may take it meanwhile (see
+/// `fleet_testkit::free_port`). Another test could still bind it first;
+/// the service then fails to start and says so.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    Ok(fleet_testkit::free_port())
 }
 
 /// `n` consecutive free ports (for the RabbitMQ CLI tools' distribution range).

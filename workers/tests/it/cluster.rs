@@ -168,14 +168,6 @@ async fn nodes_are_tried_in_order_from_the_given_one_and_every_failure_is_named(
     assert!(!err.contains("guest:guest"), "{err}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ------------------------------------------------------- a cluster of three
 
 fn repo_root() -> PathBuf {

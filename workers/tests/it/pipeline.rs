@@ -355,12 +355,8 @@ async fn a_search_outage_goes_through_the_retry_path_and_completes_when_search_r
     };
     let dir = std::env::temp_dir().join(format!("fleet-outage-{}", uuid::Uuid::new_v4()));
     catalogue::write_seed_dir(&dir, &["content_tr"], &spec).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // Outside the ephemeral range, so nothing takes it while it is down.
+    let addr = format!("127.0.0.1:{}", free_port());
     let server = Osmem::start(Some(&dir), &addr).await;
     let env = TestEnv::with(|c| {
         c.search.url = server.url.clone();
