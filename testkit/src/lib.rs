@@ -110,14 +110,17 @@ pub fn text_header(table: Option<&FieldTable>, key: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    // Only where the port lies: that it is still free a moment later is
+    // not the function's to promise (another process may bind it; a clean
+    // CI-style run once saw exactly that).
     #[test]
-    fn a_free_port_is_bindable_and_never_one_the_kernel_hands_out() {
+    fn a_free_port_is_never_one_the_kernel_hands_out() {
         let (low, high) = ephemeral_range();
-        for _ in 0..50 {
+        assert!(low <= high, "{low}-{high}");
+        for _ in 0..200 {
             let port = free_port();
             assert!(!(low..=high).contains(&port), "{port} in {low}-{high}");
             assert!(port >= 10_000, "{port}");
-            std::net::TcpListener::bind(("127.0.0.1", port)).expect("free");
         }
     }
 }
