@@ -232,7 +232,7 @@ async fn fleet_run(
         pool.close().await;
         stop_sampling.cancel();
         let limit = sampler.await.context("the metrics sampler panicked")?;
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        let http = crate::local_http(Duration::from_secs(30))?;
         let scrape = metrics::scrape(&http, &worker.metrics_url)
             .await
             .with_context(|| format!("reading {}", worker.metrics_url))?;

@@ -184,7 +184,7 @@ async fn phase(
         Arrivals::Record,
     )
     .await?;
-    let http = reqwest::Client::new();
+    let http = crate::local_http(Duration::from_secs(30))?;
     let before = crate::metrics::scrape(&http, metrics_url).await?;
     let probe_conn = broker::connect(url, &broker::Identity::new("bench-probe"), "probe").await?;
     let stop_probe = tokio_util::sync::CancellationToken::new();

@@ -33,6 +33,16 @@ use run::{Concurrency, Part};
 /// The first argument that makes this binary the `fleet` command line.
 pub const FLEET: &str = "fleet";
 
+/// An HTTP client for the bench's calls to this machine (a worker's
+/// `/metrics`, the search server): never through a proxy from the
+/// environment, each call bounded by `timeout`.
+pub fn local_http(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()?)
+}
+
 const ABOUT: &str = "Measure the fleet's fan-out, fast lane, worker memory and fast-lane latency \
 under load against baselines run in the same command (SPEC §10).";
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use fleet_shared::search::Search;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -35,18 +36,28 @@ impl Scrape {
         Self { lines }
     }
 
-    /// The sum of every series of `name` whose labels contain each of `with`
-    /// (`outcome="retried"`) and none of `without`.
-    pub fn sum(&self, name: &str, with: &[&str], without: &[&str]) -> f64 {
+    /// The series of `name` whose labels contain each of `with`
+    /// (`outcome="retried"`) and none of `without`: (labels, value).
+    fn series<'a>(
+        &'a self,
+        name: &'a str,
+        with: &'a [&str],
+        without: &'a [&str],
+    ) -> impl Iterator<Item = (&'a str, f64)> + 'a {
         self.lines
             .iter()
-            .filter(|(n, labels, _)| {
+            .filter(move |(n, labels, _)| {
                 n == name
                     && with.iter().all(|w| labels.contains(w))
                     && !without.iter().any(|w| labels.contains(w))
             })
-            .map(|(_, _, v)| v)
-            .sum()
+            .map(|(_, labels, v)| (labels.as_str(), *v))
+    }
+
+    /// The sum of every series of `name` whose labels contain each of `with`
+    /// (`outcome="retried"`) and none of `without`.
+    pub fn sum(&self, name: &str, with: &[&str], without: &[&str]) -> f64 {
+        self.series(name, with, without).map(|(_, v)| v).sum()
     }
 
     /// The cumulative counts of histogram `name`'s buckets, summed over the
@@ -55,10 +66,7 @@ impl Scrape {
     pub fn buckets(&self, name: &str, with: &[&str]) -> Vec<(f64, f64)> {
         let bucket = format!("{name}_bucket");
         let mut by_le: Vec<(f64, f64)> = Vec::new();
-        for (n, labels, value) in &self.lines {
-            if *n != bucket || !with.iter().all(|w| labels.contains(w)) {
-                continue;
-            }
+        for (labels, value) in self.series(&bucket, with, &[]) {
             let Some(le) = labels
                 .split(',')
                 .find_map(|l| l.trim().strip_prefix("le=\""))
@@ -69,7 +77,7 @@ impl Scrape {
             };
             match by_le.iter_mut().find(|(l, _)| *l == le) {
                 Some((_, count)) => *count += value,
-                None => by_le.push((le, *value)),
+                None => by_le.push((le, value)),
             }
         }
         by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -79,13 +87,9 @@ impl Scrape {
     /// The sum of the series of gauge `name` whose labels contain each of
     /// `with`; `None` when there is none.
     pub fn gauge(&self, name: &str, with: &[&str]) -> Option<f64> {
-        let mut series = self
-            .lines
-            .iter()
-            .filter(|(n, labels, _)| n == name && with.iter().all(|w| labels.contains(w)))
-            .peekable();
+        let mut series = self.series(name, with, &[]).peekable();
         series.peek()?;
-        Some(series.map(|(_, _, v)| v).sum())
+        Some(series.map(|(_, v)| v).sum())
     }
 }
 
@@ -168,19 +172,18 @@ impl LimitSeen {
     }
 }
 
-/// The label of the limit the partition worker's searches take (the
-/// dispatcher's fast lane has its own).
-const SHARED_LIMIT: &str = "limiter=\"shared\"";
+/// The label selector of the limit the partition worker's searches take
+/// (the dispatcher's fast lane has its own).
+fn shared_limit() -> String {
+    format!("limiter=\"{}\"", Search::SHARED_LIMIT)
+}
 
 /// Samples the shared `fleet_search_concurrency_limit` and
 /// `fleet_search_in_flight` of the worker at `url` until `stop`.
 pub fn sample_limit(url: String, stop: CancellationToken) -> JoinHandle<LimitSeen> {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
+        let http = crate::local_http(Duration::from_secs(2)).unwrap_or_default();
+        let selector = shared_limit();
         let mut seen = LimitSeen::default();
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         loop {
@@ -188,7 +191,7 @@ pub fn sample_limit(url: String, stop: CancellationToken) -> JoinHandle<LimitSee
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
                     if let Ok(s) = scrape(&http, &url).await {
-                        let shared = [SHARED_LIMIT];
+                        let shared = [selector.as_str()];
                         if let Some(limit) = s.gauge("fleet_search_concurrency_limit", &shared) {
                             let in_flight = s.gauge("fleet_search_in_flight", &shared);
                             seen.add(limit, in_flight.unwrap_or(0.0));
@@ -227,7 +230,7 @@ mod tests {
             2.0
         );
         assert_eq!(
-            s.gauge("fleet_search_concurrency_limit", &[SHARED_LIMIT]),
+            s.gauge("fleet_search_concurrency_limit", &[&shared_limit()]),
             Some(4.0)
         );
         assert_eq!(s.gauge("fleet_search_concurrency_limit", &[]), Some(5.0));

@@ -219,10 +219,7 @@ pub fn bench_spec(opts: &Options) -> Spec {
 
 /// Deletes `index` (one the run created); an index already gone is fine.
 async fn delete_index(url: &str, index: &str) -> anyhow::Result<()> {
-    let res = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()?
+    let res = crate::local_http(Duration::from_secs(60))?
         .delete(format!("{}/{index}", url.trim_end_matches('/')))
         .send()
         .await?;
@@ -242,10 +239,7 @@ async fn bulk_load(
     server_pid: u32,
 ) -> anyhow::Result<u64> {
     const CHUNK: u64 = 5000;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(300))
-        .build()?;
+    let http = crate::local_http(Duration::from_secs(300))?;
     let base = url.trim_end_matches('/');
     let res = http
         .put(format!("{base}/{index}"))
