@@ -8,7 +8,7 @@
 //! longer than `flush_interval`. Publishing runs in its own task, so
 //! confirms are pipelined.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use fleet_shared::broker::{Outgoing, PublishError, Publisher};
@@ -19,6 +19,7 @@ use fleet_shared::telemetry;
 use fleet_shared::topology::names;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use indexmap::IndexSet;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -142,10 +143,9 @@ impl Sink<'_> {
 struct Pending {
     first: Origin,
     /// The distinct requests of the batch, in the order they came (what the
-    /// batch names), and the same as a set: a check per submission stays
-    /// constant-time when a stalled confirm lets a batch gather thousands.
-    request_ids: Vec<String>,
-    seen: HashSet<String>,
+    /// batch names); a set, so a check per submission stays constant-time
+    /// when a stalled confirm lets a batch gather thousands.
+    request_ids: IndexSet<String>,
     invalidation_time: i64,
     ids: Vec<i64>,
     waiters: Vec<oneshot::Sender<Result<(), PublishError>>>,
@@ -206,16 +206,13 @@ async fn run(
                 }
                 let p = pending.entry(key).or_insert_with(|| Pending {
                     first: origin.clone(),
-                    request_ids: Vec::new(),
-                    seen: HashSet::new(),
+                    request_ids: IndexSet::new(),
                     invalidation_time: origin.invalidation_time,
                     ids: Vec::with_capacity(batch_size),
                     waiters: Vec::new(),
                     deadline: Instant::now() + flush_interval,
                 });
-                if p.seen.insert(origin.request_id.clone()) {
-                    p.request_ids.push(origin.request_id.clone());
-                }
+                p.request_ids.insert(origin.request_id.clone());
                 p.invalidation_time = p.invalidation_time.min(origin.invalidation_time);
                 p.ids.extend_from_slice(&ids);
                 p.waiters.push(done);
@@ -262,7 +259,7 @@ fn publish(
             v: CURRENT_VERSION,
             request_id: p.first.request_id.clone(),
             request_ids: if p.request_ids.len() > 1 {
-                p.request_ids
+                p.request_ids.into_iter().collect()
             } else {
                 Vec::new()
             },
