@@ -55,24 +55,37 @@ where
 /// connection on the machine, or of a client retrying that very address
 /// (the kernel then connects it to itself), and the restart fails with
 /// "address in use": a clean CI run saw osmem-server exit at start-up that
-/// way. A port below the range is only ever taken by an explicit bind.
+/// way. A port outside the range is only ever taken by an explicit bind.
 pub fn free_port() -> u16 {
     use rand::Rng;
     let (low, high) = ephemeral_range();
-    let below = 10_000..low.max(10_000);
-    let above = high.saturating_add(1).max(10_000)..=u16::MAX;
+    let (from, to) = outside(low, high).unwrap_or_else(|| {
+        panic!("the ephemeral range {low}-{high} leaves too few ports outside it")
+    });
     let mut rng = rand::rng();
     for _ in 0..500 {
-        let port = if below.len() >= 1_000 {
-            rng.random_range(below.clone())
-        } else {
-            rng.random_range(above.clone())
-        };
+        // `as`: `from..to` lies within 10,000..=65,535.
+        let port = rng.random_range(from..to) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
     panic!("no free loopback port outside the ephemeral range {low}-{high}")
+}
+
+/// The ports `from..to` to pick from beside the ephemeral range
+/// `low..=high`: the wider of its two sides (ports from 10,000 up; below
+/// it with Linux's default 32768-60999). `None` when that side has fewer
+/// than 1,000 ports.
+fn outside(low: u16, high: u16) -> Option<(u32, u32)> {
+    let below = (10_000, u32::from(low).max(10_000));
+    let above = ((u32::from(high) + 1).max(10_000), u32::from(u16::MAX) + 1);
+    let wider = if below.1 - below.0 >= above.1.saturating_sub(above.0) {
+        below
+    } else {
+        above
+    };
+    (wider.1.saturating_sub(wider.0) >= 1_000).then_some(wider)
 }
 
 /// The kernel's ephemeral port range; Linux's default when unreadable.
@@ -122,5 +135,15 @@ mod tests {
             assert!(!(low..=high).contains(&port), "{port} in {low}-{high}");
             assert!(port >= 10_000, "{port}");
         }
+    }
+
+    #[test]
+    fn the_ports_picked_from_lie_beside_any_ephemeral_range() {
+        assert_eq!(outside(32_768, 60_999), Some((10_000, 32_768)));
+        // A range up to the last port: below it, never 65,535.
+        assert_eq!(outside(20_000, 65_535), Some((10_000, 20_000)));
+        // A range from low down: above it.
+        assert_eq!(outside(1_024, 50_000), Some((50_001, 65_536)));
+        assert_eq!(outside(1_024, 65_535), None);
     }
 }
